@@ -1,0 +1,284 @@
+"""Typed, frozen configuration.
+
+A :class:`Config` is a tree of frozen dataclasses. Presets live in ``emodis_ray/configs/*.yaml``
+(shipped as package data); a preset only lists the values that differ from the defaults below.
+Command-line overrides are dotted keys (``--set model.spk_dim=64``). Unknown keys and values of the
+wrong type are errors that name the key. Builders elsewhere turn sections into plain keyword
+arguments (``dataclasses.asdict``), so no class reaches into the config tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """How the synthetic EmoVox set is generated (DESIGN §3.4)."""
+
+    people: int = 12
+    clips_per_person: int = 24
+    videos_per_person: int = 6  # clips share video ids, so video-level splits matter
+    seed: int = 0
+    fps: float = 25.0
+    size: int = 64  # face crop edge in pixels (224 in the real VoxCeleb2 layout)
+    sample_rate: int = 16000
+    clip_s_min: float = 2.0
+    clip_s_max: float = 4.0
+    short_clip_fraction: float = 0.1  # clips shorter than clip_s_min, to exercise padding
+    prior_skew: float = 0.8  # 0: every person shares the global prior; 1: each person has one favourite emotion
+    person_relative: float = 0.6  # 0: absolute expression; 1: expression relative to the person's own baseline
+    intensity_min: float = 0.4
+    intensity_max: float = 1.0
+    noise: float = 0.25  # pixel / audio noise level
+    teacher_noise: float = 1.0  # std of the noise added to the teacher's per-frame logits
+    heard_fraction: float = 0.34  # share of each person's videos in the "heard" set (val + test)
+    unheard_people: int = 1  # extra people only in EmoVox set 2 ("unheard"), which the manifest drops
+    workers: int = 0  # 0: one Ray task per CPU; 1: no Ray at all (serial)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """EmoVox label rules (DESIGN §3.3)."""
+
+    rule: Literal["mean_softmax", "max_logit"] = "mean_softmax"
+    drop_percentile: float = 5.0  # speakers below this percentile of clip count are dropped
+    val_fraction: float = 0.5  # share of heard *videos* that go to validation; the rest is test
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """One clip -> tensors (DESIGN §4)."""
+
+    clip_s: float = 12.0
+    segment_s: float = 1.0
+    hop_s: float = 0.5
+    sample_rate: int = 16000
+    n_mels: int = 40
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    face_size: int = 224
+    grey: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Ingest and the feature cache."""
+
+    batch_size: int = 16
+    cache_dir: str = ""  # empty: stream-decode; else a folder made by `emodis preprocess`
+    max_bad_fraction: float = 0.05
+    decode_timeout_s: float = 60.0
+    decode_retries: int = 1
+    rows_per_shard: int = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The two-trunk multitask model (DESIGN §5)."""
+
+    width: float = 1.0  # channel multiplier of both trunks
+    emo_dim: int = 2048
+    spk_dim: int = 256
+    pooling: Literal["mean", "attention"] = "mean"
+    num_emotions: int = 5
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Training objective and disentanglement method (DESIGN §6)."""
+
+    name: Literal["stl-emotion", "stl-speaker", "mtl", "gr", "alt", "conf"] = "mtl"
+    direction: Literal["spk2emo", "emo2spk", "both"] = "spk2emo"
+    w_em_prim: float = 0.5
+    w_spk_prim: float = 0.5
+    w_spk_aux: float = 0.3  # emotion predicted from the speaker embedding
+    w_em_aux: float = 0.3  # identity predicted from the emotion embedding
+    grl_lambda: float = 1.0
+    grl_schedule: Literal["constant", "ramp"] = "constant"
+    conf_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    lr_decay: float = 0.9  # multiplicative, per epoch
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    workers: int = 1
+    use_gpu: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    max_failures: int = 2
+    fail_at_epoch: int = -1  # fault injection: a worker dies once at the start of this epoch (-1: off)
+
+
+@dataclass(frozen=True)
+class Config:
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, *sections: str) -> str:
+        """Stable short hash of the given sections (all when none are named)."""
+        d = self.to_dict()
+        if sections:
+            d = {s: d[s] for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+PRESETS = ("tiny", "paper")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {prefix}" if prefix else ""
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''}{where}: "
+                          f"{', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.spk_dim=64"`` -> (["model", "spk_dim"], 64); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.spk_dim=64")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: the key must be SECTION.NAME, e.g. model.spk_dim")
+    return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
+    text = resources.files("emodis_ray.configs").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def load_config(source: str | Path | None = "tiny", overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a config from a preset name or a YAML file, then apply dotted overrides."""
+    if source is None:
+        data: dict[str, Any] = {}
+    elif str(source) in PRESETS:
+        data = preset_dict(str(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config {source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if "preset" in data:  # a file may extend a preset
+            data = _merge(preset_dict(data.pop("preset")), data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {p} is not a section")
+        node[parts[-1]] = value
+    try:
+        return _build(Config, data, "")
+    except TypeError as e:  # pragma: no cover - dataclass construction errors are caught above
+        raise ConfigError(str(e)) from e
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """Return ``cfg`` with some fields of some sections changed, type-checked like overrides."""
+    data = _merge(cfg.to_dict(), sections)
+    return _build(Config, data, "")

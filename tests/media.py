@@ -1,0 +1,32 @@
+"""Real mp4 clips with known content, for the ingest tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emodis_ray.synth import write_mp4
+
+FPS, SR, SIZE = 25.0, 16000, 48  # 48 px: decord mis-strides it, so the PyAV fallback is tested too
+
+
+def make_clip(path: Path, seconds: float, event_s: float | None = None, audio: bool = True,
+              nan: bool = False) -> Path:
+    """A dim, quiet clip; with ``event_s``, one white frame at round(t*fps) and a loud 5 ms click at t."""
+    rng = np.random.default_rng(0)
+    n = int(round(seconds * FPS))
+    frames = np.full((n, SIZE, SIZE, 3), 40, np.uint8)
+    frames[:, :, :, 0] = (np.arange(n) % 200)[:, None, None]  # the red channel counts frames
+    wav = (0.01 * rng.standard_normal(int(round(seconds * SR)))).astype(np.float32)
+    if event_s is not None:
+        frames[int(np.floor(event_s * FPS + 0.5)), :, :, 1:] = 255
+        i = int(event_s * SR)
+        wav[i:i + 80] = 0.9 * np.sin(2 * np.pi * 3000 * np.arange(80) / SR)
+    write_mp4(path, frames, wav if audio else None, FPS, SR)
+    if nan:  # AAC cannot carry a NaN; a float WAV beside the video (VoxCeleb2 layout) can
+        from scipy.io import wavfile
+
+        wav[100:110] = np.nan
+        wavfile.write(path.with_suffix(".wav"), SR, wav)
+    return path

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from emodis_ray.model import ModelOutput, build_model, flops_per_clip, unwrap
+
+torch.set_num_threads(1)
+
+
+def make_batch(b: int = 4, n: int = 3, d: int = 32, c: int = 3, t: int = 101, speakers: int = 6,
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.arange(b) % n + 1  # 1..n real segments per clip
+    return {
+        "audio": torch.randn(b, n, 1, 40, t, generator=g),
+        "faces": torch.rand(b, n, c, d, d, generator=g) * 2 - 1,
+        "mask": torch.arange(n)[None, :] < lengths[:, None],
+        "emotion": torch.randint(0, 5, (b,), generator=g),
+        "speaker": torch.randint(0, speakers, (b,), generator=g),
+    }
+
+
+def tiny_model(pooling: str = "mean", speakers: int = 6, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    args = dict(num_speakers=speakers, width=0.125, emo_dim=16, spk_dim=8, pooling=pooling)
+    return build_model(**{**args, **kw})
+
+
+def forward(model, batch) -> ModelOutput:
+    return model(batch["audio"], batch["faces"], batch["mask"])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_output_shapes_d32(pooling):
+    model = tiny_model(pooling, speakers=7)
+    out = forward(model, make_batch(b=4, n=3, d=32))
+    assert out.emo_emb.shape == (4, 16) and out.spk_emb.shape == (4, 8)
+    assert out.emo_logits.shape == (4, 5) and out.aux_emo_logits.shape == (4, 5)
+    assert out.spk_logits.shape == (4, 7) and out.aux_spk_logits.shape == (4, 7)
+
+
+def test_output_shapes_d224_grey_and_short_audio():
+    model = build_model(num_speakers=3, width=0.25, emo_dim=8, spk_dim=8, pooling="mean", in_channels=1)
+    model.eval()
+    with torch.no_grad():
+        out = forward(model, make_batch(b=1, n=2, d=224, c=1, t=20, speakers=3))
+    assert out.emo_logits.shape == (1, 5) and out.spk_logits.shape == (1, 3)
+    assert model.visual_trunk.net[-1][0].kernel_size == (6, 6)  # fc6 is the paper's 6x6 conv
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("train", [True, False])
+def test_padded_segments_have_no_influence(pooling, train):
+    model = tiny_model(pooling).train(train)
+    a = make_batch(b=4, n=3)
+    b = {k: v.clone() for k, v in a.items()}
+    pad = ~b["mask"]
+    assert pad.any()
+    b["audio"][pad] = torch.randn_like(b["audio"][pad]) * 100 + 7
+    b["faces"][pad] = torch.rand_like(b["faces"][pad])
+    with torch.no_grad():
+        oa, ob = forward(model, a), forward(model, b)
+    for name in ("emo_emb", "spk_emb", "emo_logits", "spk_logits", "aux_emo_logits", "aux_spk_logits"):
+        assert torch.equal(getattr(oa, name), getattr(ob, name)), name
+
+
+def test_clip_without_real_segments_is_finite():
+    model = tiny_model("attention").eval()
+    batch = make_batch(b=2, n=2)
+    batch["mask"][1] = False
+    with torch.no_grad():
+        out = forward(model, batch)
+    assert torch.isfinite(out.emo_logits).all()
+
+
+def test_parameter_groups_partition_the_model():
+    model = tiny_model("attention")
+    groups = [list(model.encoder_parameters()), list(model.primary_head_parameters()),
+              list(model.aux_head_parameters())]
+    ids = [{id(p) for p in g} for g in groups]
+    assert sum(len(i) for i in ids) == len(set().union(*ids)) == len(list(model.parameters()))
+
+
+def test_unwrap_and_flops():
+    model = tiny_model()
+
+    class Wrapper(torch.nn.Module):  # stands in for DDP
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert unwrap(Wrapper(torch.compile(model))) is model
+    full = make_batch(b=2, n=3)
+    full["mask"][:] = True
+    half = {**full, "mask": full["mask"].clone()}
+    half["mask"][:, 1:] = False
+    f_full, f_half = flops_per_clip(model, full), flops_per_clip(model, half)
+    assert f_full > 0 and 2.5 < f_full / f_half < 3.5  # the trunks dominate and run on real segments only
+    assert model.training

@@ -137,6 +137,67 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_cmd_manifest_table)
 
 
+# --- preprocess --------------------------------------------------------------------------------------
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from emodis_ray.data import preprocess
+    from emodis_ray.raycluster import ray_session
+
+    cfg = load_config(args.config, args.overrides)
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        info = preprocess(Path(args.manifest), Path(args.out), cfg, progress=not args.quiet)
+    print(f"feature cache: {info.root}")
+    print(f"train with:    --set data.cache_dir={args.out}")
+    return 0
+
+
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preprocess", help="decode every clip once into a sharded feature cache",
+        description="Decode every clip of a manifest once (faces as uint8, log-mel as float16, every segment of "
+                    "the whole clip) into sharded Parquet under OUT/<manifest hash>-<feature hash>/. Training, "
+                    "evaluation and search read it when data.cache_dir points to OUT and it matches the manifest "
+                    "and the feature config; a cache that does not match is never used silently. Interrupted? "
+                    "Run the same command again: finished shards are kept. Bad clips are skipped and listed in "
+                    "bad_clips.csv; more than data.max_bad_fraction of them aborts.")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--out", required=True, help="cache folder (one folder can hold caches of several configs)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_preprocess)
+
+
+# --- bench -------------------------------------------------------------------------------------------
+
+
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from emodis_ray.bench_ingest import main as bench
+
+    bench(args.clips, args.rows, args.soak, args.json, args.workdir)
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: ingest, train",
+                       description="Benchmarks that measure side by side in one run and print ratios.")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    b = bsub.add_parser(
+        "ingest", help="decode limit vs our features vs Ray Data vs the feature cache",
+        description="On synthetic clips of the paper's shape (12 s, 224x224, 25 fps, AAC audio), measure in one "
+                    "run: (a) PyAV decoding every frame on one thread, (b) our per-clip features on one thread, "
+                    "(c) the Ray Data pipeline on all CPUs, (d) reading the feature cache into tensors; the "
+                    "ratios (b)/(a), (c)/(b), (d)/(b); peak RSS per decode worker and its growth over a soak.")
+    b.add_argument("--clips", type=int, default=16, help="distinct synthetic clips to write (default: 16)")
+    b.add_argument("--rows", type=int, default=96, help="clip decodes in (c) and (d) (default: 96)")
+    b.add_argument("--soak", type=int, default=1000, help="clip decodes in the RSS soak (default: 1000; 0: skip)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--workdir", help="keep the synthetic clips here and reuse them (default: a temp folder)")
+    b.set_defaults(func=_cmd_bench_ingest)
+
+
 # --- config ------------------------------------------------------------------------------------------
 
 
@@ -162,22 +223,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from emodis_ray.demo import run_demo
 
     cfg = load_config(args.config, args.overrides)
-    run_demo(Path(args.out), cfg)
+    run_demo(Path(args.out), cfg, address=args.address)
     return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="run the main job end to end on a synthetic set",
-        description="End to end on the embedded default: write a synthetic EmoVox set, build its manifest, "
-                    "and report what it made. Everything goes under OUT.")
+        description="End to end on the embedded default, on a local Ray cluster that it starts (or RAY_ADDRESS): "
+                    "write a synthetic EmoVox set in the real formats, build its manifest with the EmoVox label "
+                    "rules, decode it once into the feature cache. Everything goes under OUT; a rerun keeps "
+                    "finished steps.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_demo)
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_synth, _add_manifest, _add_demo, _add_config,
+    _add_synth, _add_manifest, _add_preprocess, _add_bench, _add_demo, _add_config,
 )
 
 

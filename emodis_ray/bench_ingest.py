@@ -123,8 +123,9 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
 
     from emodis_ray.data import preprocess, stream_rows
     from emodis_ray.features import extract_clip
-    from emodis_ray.manifest import emovox_manifest, read_manifest, write_manifest
+    from emodis_ray.manifest import read_manifest, write_manifest
     from emodis_ray.shards import collate
+    from emodis_ray.sources import emovox_manifest
     from emodis_ray.synth import generate
 
     torch.set_num_threads(1)

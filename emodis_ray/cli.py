@@ -89,7 +89,7 @@ def _write_manifest(df: object, report: object, out: Path, cfg: object) -> None:
 
 
 def _cmd_manifest_emovox(args: argparse.Namespace) -> int:
-    from emodis_ray.manifest import emovox_manifest
+    from emodis_ray.sources import emovox_manifest
 
     sets = [f"labels.rule={args.rule}"] if args.rule else []
     cfg = load_config(args.config, [*args.overrides, *sets])
@@ -102,7 +102,7 @@ def _cmd_manifest_emovox(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_table(args: argparse.Namespace) -> int:
-    from emodis_ray.manifest import table_manifest
+    from emodis_ray.sources import table_manifest
 
     df, report = table_manifest(Path(args.table))
     _write_manifest(df, report, Path(args.out), None)

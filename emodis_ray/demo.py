@@ -18,8 +18,9 @@ def run_demo(out: Path, cfg: Config, address: str | None = None) -> dict[str, Pa
     Layout under ``out``: ``data/`` (the synthetic set), ``manifest.parquet``, ``cache/``, ``config.yaml``.
     """
     from emodis_ray.data import preprocess
-    from emodis_ray.manifest import emovox_manifest, write_manifest
+    from emodis_ray.manifest import write_manifest
     from emodis_ray.raycluster import ray_session
+    from emodis_ray.sources import emovox_manifest
     from emodis_ray.synth import generate
 
     out.mkdir(parents=True, exist_ok=True)

@@ -224,6 +224,8 @@ class _Sharding(ray.train.DataConfig):
         for name, ds in datasets.items():
             ds = ds.copy(ds)
             ds.context.execution_options = ExecutionOptions(preserve_order=True)
+            ds.context.enable_progress_bars = False  # the driver prints one line per epoch instead
+            ds.context.print_on_execution_start = False
             for i, split in enumerate(ds.streaming_split(world_size, equal=(name == "train"))):
                 out[i][name] = split
         return out
@@ -270,7 +272,7 @@ class _Follow(threading.Thread):
         # purge_step hides events of epochs that are trained again (none, unless a report got lost)
         self.writer = SummaryWriter(str(tb_dir), purge_step=int(done[-1]["epoch"]) + 1 if done else None)
         self.rows: list[dict[str, Any]] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def poll(self) -> None:
         if not self.path.exists():
@@ -291,11 +293,11 @@ class _Follow(threading.Thread):
                 self.writer.flush()
 
     def run(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._done.wait(0.5):
             self.poll()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
         self.poll()
         self.writer.close()
@@ -358,7 +360,8 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
             name=name, storage_path=str(out / "checkpoints"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_ReportLog(str(reports))]),
+            callbacks=[_ReportLog(str(reports))],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=_Sharding(),
     )

@@ -16,15 +16,12 @@ from emodis_ray.labels import EMOTION_INDEX, FERPLUS_CLASSES
 from emodis_ray.manifest import (
     MANIFEST_SCHEMA,
     ManifestError,
-    emovox_manifest,
     manifest_hash,
-    parse_emovox_mat,
-    parse_emovox_name,
     read_manifest,
-    table_manifest,
     validate,
     write_manifest,
 )
+from emodis_ray.sources import emovox_manifest, parse_emovox_mat, parse_emovox_name, table_manifest
 
 K = FERPLUS_CLASSES.index
 PEOPLE = {  # name in the .mat -> VoxCeleb1 id

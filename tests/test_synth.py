@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from emodis_ray.config import SynthConfig
+from emodis_ray.config import LabelConfig, SynthConfig
 from emodis_ray.labels import FERPLUS_CLASSES, dominant_emotion8, mutual_information
+from emodis_ray.manifest import manifest_hash
+from emodis_ray.sources import emovox_manifest
 from emodis_ray.synth import (
     CONFIG_NAME,
     MAT_NAME,
@@ -158,6 +160,12 @@ def test_deterministic(small, tmp_path):
                                   _frames(again / "videos" / f"{clip}.mp4"))
     # the encoders run single-threaded: even the bytes match
     assert (small / "videos" / f"{clip}.mp4").read_bytes() == (again / "videos" / f"{clip}.mp4").read_bytes()
+    # the same adapter that reads real EmoVox reads both sets into identical manifests
+    m1, m2 = (emovox_manifest(d / MAT_NAME, d / META_NAME, d / "videos", LabelConfig(drop_percentile=0.0))[0]
+              for d in (small, again))
+    assert len(m1) > 0 and manifest_hash(m1) == manifest_hash(m2)
+    cols = ["clip_id", "speaker", "emotion", "split", "video_id"]
+    pd.testing.assert_frame_equal(m1[cols], m2[cols])
     with pytest.raises(FileExistsError):
         generate(again, SMALL, progress=False)
 

@@ -108,11 +108,22 @@ def stream_rows(manifest: pd.DataFrame, split: str | None, cfg: Config, log: Any
     )
 
 
-def cache_rows(info: CacheInfo, split: str | None) -> ray.data.Dataset:
-    """Segment rows of one split read back from a complete feature cache."""
+def cache_rows(info: CacheInfo, split: str | None, materialize: bool | None = None) -> ray.data.Dataset:
+    """Segment rows of one split read back from a complete feature cache.
+
+    Each pass over a Ray Data read pays a fixed start-up (planning, read tasks: about 1-2 s here).
+    A cache small enough to sit in a quarter of the object store is therefore materialised once
+    (``materialize=None``, the default) and every epoch then iterates it from memory.
+    """
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ray.data.read_parquet([str(p) for p in info.shards()], schema=ROW_SCHEMA)
-    return ds if split is None else ds.filter(expr=f"split == '{split}'")
+    shards = info.shards()
+    ds = ray.data.read_parquet([str(p) for p in shards], schema=ROW_SCHEMA)
+    if split is not None:
+        ds = ds.filter(expr=f"split == '{split}'")
+    if materialize is None:
+        size = sum(p.stat().st_size for p in shards)
+        materialize = size < 0.25 * ray.available_resources().get("object_store_memory", 0)
+    return ds.materialize() if materialize else ds
 
 
 def split_rows(manifest_path: Path, split: str, cfg: Config, log: Any = None,
@@ -206,9 +217,18 @@ def preprocess(manifest_path: Path, cache_dir: Path, cfg: Config, progress: bool
     return info
 
 
-def bad_fraction_of(log: Any) -> tuple[list[dict[str, str]], int]:
-    """(bad clips, good count) reported so far to a :class:`BadClipLog`."""
-    return ray.get(log.get.remote())
+def bad_fraction_of(log: Any, expected: int | None = None, timeout_s: float = 30.0) -> tuple[list[dict[str, str]], int]:
+    """(bad clips, good count) reported to a :class:`BadClipLog`.
+
+    Decode actors report fire-and-forget, so a report can land just after the data has been consumed:
+    with ``expected`` (the clips sent through), wait up to ``timeout_s`` until all are accounted for.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        bad, good = ray.get(log.get.remote())
+        if expected is None or len(bad) + good >= expected or time.monotonic() > deadline:
+            return bad, good
+        time.sleep(0.1)
 
 
 def rows_to_numpy(ds: ray.data.Dataset) -> dict[str, np.ndarray]:

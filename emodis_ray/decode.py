@@ -67,9 +67,15 @@ class ClipDecoder:
         self._proc.start()
         child.close()
         self._conn, self._served = parent, 0
-        if not parent.poll(120) or parent.recv() != "ready":  # imports torch and codecs: seconds
+        try:
+            ready = parent.poll(120) and parent.recv() == "ready"  # imports torch and codecs: seconds
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            code = self._proc.exitcode
             self._kill()
-            raise RuntimeError("the clip decoder process did not start within 120 s")
+            raise RuntimeError(f"the clip decoder process did not start (exit code {code}); a script that "
+                               f"decodes clips needs an `if __name__ == '__main__':` guard (it is spawned)")
 
     def _kill(self) -> None:
         if self._proc is not None:

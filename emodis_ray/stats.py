@@ -122,14 +122,20 @@ def _rowwise(metric_fn: Callable[..., float]) -> Callable[..., np.ndarray]:
     return loop
 
 
-def _resample_scores(rowwise: Callable[..., np.ndarray], arrays: Sequence[np.ndarray], n: int,
-                     seed: int) -> np.ndarray:
+def _clips(arrays: Sequence[np.ndarray]) -> int:
+    """The number of clips: the one length shared by every array."""
     sizes = {len(a) for a in arrays}
     if len(sizes) != 1:
         raise ValueError(f"arrays must have one length (one entry per clip), got lengths {sorted(sizes)}")
     m = sizes.pop()
     if m == 0:
         raise ValueError("cannot bootstrap an empty set of clips")
+    return m
+
+
+def _resample_scores(rowwise: Callable[..., np.ndarray], arrays: Sequence[np.ndarray], n: int,
+                     seed: int) -> np.ndarray:
+    m = _clips(arrays)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, m, size=(n, m))  # [n, N] one row of clip indices per resample
     return np.concatenate([rowwise(idx[i:i + _BLOCK], *arrays) for i in range(0, n, _BLOCK)])
@@ -145,6 +151,7 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays: np.ndarray, n: int = 
     """``(point, lo, hi)``: ``metric_fn(*arrays)`` and the ``1 - alpha`` percentile interval of it over ``n``
     resamples of the clips (the rows shared by every array), drawn with replacement from ``seed``."""
     arrays = tuple(np.asarray(a) for a in arrays)
+    _clips(arrays)
     point = float(metric_fn(*arrays))
     scores = _resample_scores(_rowwise(metric_fn), arrays, n, seed)
     return (point, *_interval(scores, alpha))
@@ -155,6 +162,7 @@ def paired_bootstrap_diff(metric_fn: Callable[..., float], y: np.ndarray, pred_a
     """``(point, lo, hi)`` of ``metric_fn(y, pred_a) - metric_fn(y, pred_b)``, both models scored on the same
     resampled clips (a paired bootstrap): an interval excluding 0 means the models differ."""
     y, pred_a, pred_b = np.asarray(y), np.asarray(pred_a), np.asarray(pred_b)
+    _clips((y, pred_a, pred_b))
     point = float(metric_fn(y, pred_a) - metric_fn(y, pred_b))
     rowwise = _rowwise(metric_fn)
     diff = lambda idx, y_, a_, b_: rowwise(idx, y_, a_) - rowwise(idx, y_, b_)
@@ -189,6 +197,7 @@ def leakage_ci(emotion: np.ndarray, emo_from_spk_pred: np.ndarray, speaker: np.n
     """Bootstrap ``(point, lo, hi)`` of the leakage score from the two probes' test predictions; chance levels
     are those of the test set (point) or of each resample (interval)."""
     arrays = tuple(np.asarray(a) for a in (emotion, emo_from_spk_pred, speaker, spk_from_emo_pred))
+    _clips(arrays)
     chances = chance_levels(arrays[0], arrays[2], num_emotions)
     point = leakage_score(macro_f1(arrays[0], arrays[1], num_emotions), accuracy(arrays[2], arrays[3]), chances)
     rowwise = functools.partial(_leakage_rows, num_emotions=num_emotions)

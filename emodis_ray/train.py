@@ -27,6 +27,7 @@ checkpoint. So a run, a rerun and a run restarted after a failure give the same 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -73,6 +74,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``config``: ``cfg`` (a ``Config.to_dict()``), ``num_speakers``,
     ``steps_per_epoch``, ``fault_marker`` (a path), ``resume`` (default True)."""
     cfg = replace(Config(), **config["cfg"])
+    _quiet_report_log()
     ctx = ray.train.get_context()  # 1. who am I: rank and world size
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed = cfg.train.seed
@@ -132,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val = metrics({k: np.concatenate([p[k] for p in preds]) for k in preds[0]},
                       cfg.model.num_emotions) if preds else {}
         train = reduce_train_logs(all_gather(logs, world))
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+        row = {"epoch": epoch, "method": cfg.method.name, **{f"train_{k}": v for k, v in train.items()},
                **{f"val_{k}": v for k, v in val.items()}, **lrs, "val_time_s": val_s, "workers": world}
 
         # 6. Report the metrics and a checkpoint (written by rank 0 into a temporary folder that Ray
@@ -146,6 +148,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, model, optimizers, schedulers, epoch, extra)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
+def _quiet_report_log() -> None:
+    """Ray 2.60 logs every report at INFO (the whole metrics dict) under a logger named after its source
+    file, outside ``ray.train``, so ``LoggingConfig`` cannot quiet it; the driver prints one line instead."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def model_kwargs_of(cfg: Config, num_speakers: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from emodis_ray.config import Config, FeatureConfig
 from emodis_ray.decode import ClipDecoder
 from emodis_ray.features import BadClip
 from emodis_ray.manifest import manifest_hash, read_manifest
+from emodis_ray.metrics import record_ingest
 from emodis_ray.shards import ROW_SCHEMA, CacheInfo, cache_root, find_cache, read_bad, to_row, write_shard
 
 ROW_COLUMNS = ["clip_id", "split", "emotion_idx", "speaker_idx", "video_abspath", "audio_abspath"]
@@ -77,7 +78,9 @@ class DecodeClips:
         self.log = log
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        t0 = time.perf_counter()
         rows, bad = _decode_rows(self.decoder, batch)
+        record_ingest(len(rows), len(bad), time.perf_counter() - t0)  # no-op outside Ray
         if self.log is not None:
             self.log.report.remote(bad, len(rows))  # fire and forget
         return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
@@ -160,7 +163,9 @@ class ShardWriter:
         self.decoder = ClipDecoder(FeatureConfig(**features), timeout_s, retries)
 
     def write(self, path: str, rows: pd.DataFrame) -> tuple[int, int]:
+        t0 = time.perf_counter()
         good, bad = _decode_rows(self.decoder, rows)
+        record_ingest(len(good), len(bad), time.perf_counter() - t0)
         write_shard(Path(path), good, bad)
         return len(good), len(bad)
 

@@ -170,6 +170,63 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_preprocess)
 
 
+# --- train -----------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from emodis_ray.config import replace
+    from emodis_ray.raycluster import ray_session
+    from emodis_ray.train import fit
+
+    sets = [f"{k}={v}" for k, v in (("method.name", args.method), ("train.workers", args.workers),
+                                    ("train.epochs", args.epochs)) if v is not None]
+    cfg = load_config(args.config, [*args.overrides, *sets])
+    if args.cache:
+        cfg = replace(cfg, data={"cache_dir": args.cache})  # a path, not parsed as YAML
+    out = Path(args.out)
+    print(f"train {cfg.method.name} ({cfg.method.direction}) with {cfg.train.workers} worker(s), "
+          f"{cfg.train.epochs} epochs -> {out}")
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        res = fit(Path(args.manifest), out, cfg, progress=True, storage=args.storage)
+    f = res.final
+    if f:
+        print(f"final (epoch {int(f['epoch']) + 1}): val emotion macro-F1 {f.get('val_emo_f1', float('nan')):.3f}, "
+              f"identity accuracy {f.get('val_spk_acc', float('nan')):.3f}; leakage (aux heads): emotion F1 from "
+              f"the speaker embedding {f.get('val_aux_emo_f1', float('nan')):.3f}, identity accuracy from the "
+              f"emotion embedding {f.get('val_aux_spk_acc', float('nan')):.3f}")
+    print(f"{res.source or 'nothing trained'}; {res.elapsed_s:.0f} s; outputs in {res.out}/ "
+          f"(metrics.csv, curves.png, model.pt, tensorboard/)")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a method with Ray Train (DDP), resumable",
+        description="Train the multitask model with one method (stl-emotion, stl-speaker, mtl, gr, alt, conf) on "
+                    "the manifest's train split with N Ray Train workers (DDP: gloo on CPU; NCCL and "
+                    "train.precision=bf16 on GPU, one worker per GPU), validating on its val split every epoch "
+                    "(emotion macro-F1, identity accuracy, aux-head leakage). Reads the feature cache when "
+                    "--cache / data.cache_dir is set, else decodes on the fly. OUT gets config.yaml, metrics.csv/"
+                    ".json, tensorboard/, bad_clips.csv, curves.png, model.pt and checkpoints/. Run the same "
+                    "command again (e.g. with more --epochs) to resume from the latest checkpoint; a worker that "
+                    "dies is replaced up to train.max_failures times and the run resumes from its last epoch.",
+        epilog="example: emodis train --manifest data/manifest.parquet --cache cache/ --method gr --workers 2 "
+               "--out runs/gr")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
+    p.add_argument("--method", choices=["stl-emotion", "stl-speaker", "mtl", "gr", "alt", "conf"],
+                   help="training method (default: method.name from the config)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default: train.workers)")
+    p.add_argument("--epochs", type=int, help="epochs in total (default: train.epochs)")
+    p.add_argument("--cache", help="feature cache folder made by `emodis preprocess` (sets data.cache_dir)")
+    p.add_argument("--storage", help="where Ray Train keeps checkpoints: a folder every node can reach (NFS) or "
+                                     "an object-store URI such as s3://bucket/runs (default: OUT/checkpoints)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+
 # --- bench -------------------------------------------------------------------------------------------
 
 
@@ -181,7 +238,7 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: ingest, train",
+    p = sub.add_parser("bench", help="benchmarks: ingest, train, tune",
                        description="Benchmarks that measure side by side in one run and print ratios.")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     b = bsub.add_parser(
@@ -196,6 +253,130 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", help="also write the figures to this JSON file")
     b.add_argument("--workdir", help="keep the synthetic clips here and reuse them (default: a temp folder)")
     b.set_defaults(func=_cmd_bench_ingest)
+    _add_bench_train(bsub)
+    _add_bench_tune(bsub)
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from emodis_ray.bench_train import bench_train, write_json
+
+    cfg = load_config(args.config, args.overrides)
+    res = bench_train(epochs=args.epochs, cfg=cfg, manifest=Path(args.manifest) if args.manifest else None,
+                      workdir=Path(args.workdir) if args.workdir else None)
+    print()
+    print(res.format())
+    if args.json:
+        write_json(res, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_bench_train(bsub: argparse._SubParsersAction) -> None:
+    b = bsub.add_parser(
+        "train", help="pure training loop vs the same loop under TorchTrainer (1 and 2 workers)",
+        description="On one feature cache (by default a synthetic set of the config's synth.* size, written to a "
+                    "temporary folder), measure in one run: (a) the pure per-epoch loop in this process without "
+                    "Ray, (b) the same loop under TorchTrainer with one worker, (c) with two workers. Prints "
+                    "seconds per epoch (training, and whole epochs with validation and checkpoint), clips/s, "
+                    "Ray start-up, and the ratios: overhead (b)/(a) - 1 (target <= 10 %) and the 2-worker speedup.")
+    b.add_argument("--epochs", type=int, default=4, help="epochs per loop; the first is warm-up (default: 4)")
+    b.add_argument("--manifest", help="use this manifest instead of writing a synthetic set")
+    b.add_argument("--workdir", help="keep the synthetic set, cache and runs here (default: a temp folder)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    _add_config_args(b)
+    b.set_defaults(func=_cmd_bench_train)
+
+
+def _cmd_bench_tune(args: argparse.Namespace) -> int:
+    from emodis_ray.bench_tune import bench_tune, write_json
+
+    cfg = load_config(args.config, args.overrides)
+    res = bench_tune(Path(args.space), [p.strip() for p in args.params.split(",") if p.strip()], cfg,
+                     grid_values=args.grid_values, tpe_trials=args.trials, epochs=args.epochs,
+                     manifest=Path(args.manifest) if args.manifest else None,
+                     workdir=Path(args.workdir) if args.workdir else None, floor=args.floor, seed=args.seed)
+    print()
+    print(res.format())
+    if args.json:
+        write_json(res, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_bench_tune(bsub: argparse._SubParsersAction) -> None:
+    b = bsub.add_parser(
+        "tune", help="Tune+Train overhead per trial; trials TPE needs to match a grid",
+        description="On one feature cache (by default a synthetic set of the config's synth.* size), measure in one "
+                    "run: (a) a bare TorchTrainer run of the grid's centre point, (b) a grid search over two "
+                    "parameters of a space under Tune (the same trial function as `emodis tune`), (c) an Optuna TPE "
+                    "search with ASHA over the same two parameters. Prints each trial's fit time over (a), start-up "
+                    "seconds, Tune's gap between trials, and how many TPE trials reach a validation leakage within "
+                    "10%% of the grid's best feasible one (target: a third of the grid's size or fewer). About "
+                    "15 minutes on two CPUs with the defaults.")
+    b.add_argument("--space", default="tune_spaces/gr.yaml", help="search space (default: tune_spaces/gr.yaml)")
+    b.add_argument("--params", default="method.grl_lambda,method.w_spk_aux",
+                   help="comma-separated parameters of the space to search (default: method.grl_lambda,"
+                        "method.w_spk_aux)")
+    b.add_argument("--grid-values", type=int, default=3, help="grid values per parameter (default: 3)")
+    b.add_argument("--trials", type=int, default=6, help="TPE trials (default: 6)")
+    b.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: 3)")
+    b.add_argument("--floor", type=float, help="emotion-F1 floor (default: an MTL baseline's val F1 - tolerance)")
+    b.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
+    b.add_argument("--manifest", help="use this manifest instead of writing a synthetic set")
+    b.add_argument("--workdir", help="keep the data, cache and searches here (default: a temp folder)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    _add_config_args(b)
+    b.set_defaults(func=_cmd_bench_tune)
+
+
+# --- tune --------------------------------------------------------------------------------------------
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from emodis_ray.raycluster import ray_session
+    from emodis_ray.tune import load_space, run_search
+
+    cfg = load_config(args.config, args.overrides)
+    space = load_space(args.space, cfg)
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        res = run_search(space, Path(args.manifest), Path(args.out), cfg, args.trials,
+                         multi_objective=args.multi_objective, resume=args.resume, floor=args.floor,
+                         baseline=Path(args.baseline) if args.baseline else None, seed=args.seed,
+                         max_concurrent=args.max_concurrent)
+    return 3 if res.interrupted else 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune", help="search hyperparameters for the lowest validation leakage (Ray Tune + Optuna)",
+        description="Search a space of tune_spaces/ (loss weights, learning rates, GR lambda and schedule, speaker "
+                    "embedding size, method) with Ray Tune: Optuna TPE (seeded), ASHA early stopping on the online "
+                    "leakage estimate of each epoch, and at each trial's end the probe-based validation leakage "
+                    "(probes trained on train, early-stopped and scored on val; test is never read). The chosen "
+                    "trial has the lowest validation leakage among those whose validation emotion F1 meets the "
+                    "floor (default: an MTL baseline's, trained first, minus the space's tolerance); infeasible "
+                    "trials are never chosen. --multi-objective: the Pareto front of emotion F1 and leakage (FIFO, "
+                    "no ASHA). Each trial is a TorchTrainer run on the feature cache (made first if missing). OUT "
+                    "gets best.yaml (for `emodis train --config`), trials.csv, pareto.png, optuna.db, runs/<trial>/. "
+                    "--resume continues an interrupted search without re-running finished trials, or adds trials "
+                    "to a finished one (a larger --trials). Exit code 3: interrupted (resume it).",
+        epilog="example: emodis tune --space tune_spaces/gr.yaml --trials 12 --manifest demo/manifest.parquet "
+               "--set data.cache_dir=demo/cache --out runs/tune-gr")
+    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--trials", type=int, required=True, help="trials in total (with --resume: the new total)")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--out", required=True, help="search folder")
+    p.add_argument("--multi-objective", action="store_true", help="Pareto front of emotion F1 and leakage")
+    p.add_argument("--resume", action="store_true", help="continue or extend the search in OUT")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--floor", type=float, help="emotion-F1 floor (default: MTL baseline's val F1 - tolerance)")
+    g.add_argument("--baseline", help="an MTL run folder whose last val emotion F1 sets the floor")
+    p.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
+    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: from the cluster's resources)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_tune)
 
 
 # --- evaluate / compare / report / reproduce / predict ------------------------------------------------
@@ -363,9 +544,57 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# --- submit / jobs: run commands on a Ray cluster through the Job API --------------------------------
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from emodis_ray.submit import run, submit_command
+
+    return run(submit_command, "submit", args.cmd, address=args.address, wait=not args.no_wait,
+               working_dir=args.working_dir, excludes=args.exclude, env=args.env, submission_id=args.job_id)
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "submit", help="run an emodis command on a Ray cluster as a job, follow its logs",
+        description="Submit `emodis ARGS...` to a Ray cluster through its Job API: the project folder (without "
+                    "data, caches, runs, .venv, .git) travels as the job's working_dir, the logs stream here, and "
+                    "the exit code is the job's: 0 when it SUCCEEDED, the command's code when it FAILED, 3 when "
+                    "STOPPED. Paths in ARGS are the cluster's: use absolute paths on storage every node shares. "
+                    "The token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is always sent.",
+        epilog="example: emodis submit --address http://127.0.0.1:8265 -- synth /shared/data --people 8")
+    p.add_argument("--address", help="the dashboard URL (default: RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--working-dir", help="folder to ship as the job's working_dir (default: this project's)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="one more gitignore-style pattern to leave out of the working_dir (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable of the job (repeatable)")
+    p.add_argument("--job-id", help="the submission id (default: emodis-<command>-<random>)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the emodis command to run")
+    p.set_defaults(func=_cmd_submit)
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from emodis_ray.submit import jobs_command, run
+
+    return run(jobs_command, "jobs", args.action, args.job_id, address=args.address, follow=args.follow)
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="list, show, print the logs of, or stop jobs on a Ray cluster",
+                       description="Jobs of the cluster at --address / RAY_ADDRESS (the dashboard URL).")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "show", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", help="a submission id (for show, logs, stop)")
+    p.add_argument("--follow", "-f", action="store_true", help="logs: follow until the job ends")
+    p.add_argument("--address", help="the dashboard URL (default: RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.set_defaults(func=_cmd_jobs)
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_synth, _add_manifest, _add_preprocess, _add_bench, _add_evaluate, _add_compare, _add_report,
-    _add_reproduce, _add_predict, _add_demo, _add_config,
+    _add_synth, _add_manifest, _add_preprocess, _add_train, _add_bench, _add_evaluate, _add_compare, _add_report,
+    _add_reproduce, _add_predict, _add_tune, _add_demo, _add_config,
+    _add_submit, _add_jobs,
 )
 
 

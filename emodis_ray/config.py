@@ -41,8 +41,8 @@ class SynthConfig:
     clip_s_max: float = 4.0
     short_clip_fraction: float = 0.1  # clips shorter than clip_s_min, to exercise padding
     prior_skew: float = 0.8  # 0: every person shares the global prior; 1: each person has one favourite emotion
-    person_relative: float = 0.6  # 0: absolute expression; 1: expression relative to the person's own baseline
-    intensity_min: float = 0.4
+    person_relative: float = 0.5  # 0: absolute expression; 1: expression relative to the person's own baseline
+    intensity_min: float = 0.6
     intensity_max: float = 1.0
     noise: float = 0.25  # pixel / audio noise level
     teacher_noise: float = 1.0  # std of the noise added to the teacher's per-frame logits

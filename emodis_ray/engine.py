@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,14 @@ def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str,
 
 def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], method: Method, optimizers: Optimizers,
                 epoch: int, epochs: int, device: torch.device | str, autocast: AbstractContextManager[Any],
-                log_every: int = 50, steps_per_epoch: int | None = None) -> dict[str, float]:
+                log_every: int = 50, steps_per_epoch: int | None = None,
+                on_step: Callable[[float, float], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``. Returns the mean of every logged term, ``clips_per_s``, ``data_wait_frac``
     (time spent waiting for the next batch / epoch time), ``steps`` and ``clips``.
 
     Training progress p (GR's lambda ramp) is (epoch + i / steps_per_epoch) / epochs; without
-    ``steps_per_epoch`` (and without ``len(loader)``) it advances once per epoch.
+    ``steps_per_epoch`` (and without ``len(loader)``) it advances once per epoch. ``on_step(step_s, wait_s)``
+    is called after every step (e.g. to export metrics).
     """
     model.train()
     if steps_per_epoch is None and hasattr(loader, "__len__"):
@@ -81,7 +83,8 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], method: M
             batch = next(it)
         except StopIteration:
             break
-        wait += time.perf_counter() - t0
+        waited = time.perf_counter() - t0
+        wait += waited
         batch = to_device(batch, device)
         frac = steps / steps_per_epoch if steps_per_epoch else 0.0
         progress = (epoch + min(frac, 1.0)) / max(epochs, 1)
@@ -90,6 +93,8 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], method: M
             sums[k] += v
         steps += 1
         clips += batch["emotion"].shape[0]
+        if on_step is not None:
+            on_step(time.perf_counter() - t0, waited)
         if log_every and steps % log_every == 0:
             now = time.perf_counter()
             log.info("epoch %d step %d: loss %.4f l_prim %.4f, %.1f clips/s", epoch, steps, logs["loss"],

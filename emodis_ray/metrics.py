@@ -12,24 +12,35 @@ dashboard's Metrics view and Grafana (``cluster/grafana-emodis.json``) read them
 
 What is recorded (names without the ``ray_`` prefix):
 
-- ``emodis_ingest_clips_total{status}``       counter, clips decoded (``good``) or skipped (``bad``)
-- ``emodis_ingest_seconds_total``             counter, seconds spent decoding; clips/s = rate(clips)/rate(seconds)
-                                              per decoder, or rate(clips) for the cluster
-- ``emodis_ingest_clips_per_s``               gauge, the last batch's clips/s of one decoder
+- ``emodis_ingest_clips_total{status}``       counter, clips decoded (``good``) or skipped (``bad``);
+                                              cluster clips/s = ``sum(rate(...[1m]))``
+- ``emodis_ingest_seconds_total``             counter, seconds spent decoding
+- ``emodis_ingest_clips_per_s``               gauge, the last batch's clips/s of one decoder (live)
 - ``emodis_train_step_seconds{run}``          histogram, wall time of one training step (data wait included)
+- ``emodis_train_step_seconds_total{run}``    counter, the same seconds summed exactly
 - ``emodis_train_data_wait_seconds_total{run}`` counter, seconds of those steps spent waiting for data;
-                                              data-wait fraction = rate(wait) / rate(step_seconds_sum)
-- ``emodis_train_data_wait_fraction{run}``    gauge, the last step's wait / step time
+                                              data-wait fraction = rate(wait_total) / rate(step_seconds_total)
+- ``emodis_train_data_wait_fraction{run}``    gauge, the last step's wait / step time (live)
 - ``emodis_epoch{run}`` and one gauge per epoch metric: ``emodis_val_emo_f1``, ``emodis_val_spk_acc``,
   ``emodis_leak_aux_emo_f1`` (emotion macro-F1 of the aux head on the *speaker* embedding: the online
   leakage estimate), ``emodis_leak_aux_spk_acc`` (identity accuracy of the aux head on the emotion
   embedding), ``emodis_train_loss``, ``emodis_train_clips_per_s``
+
+Two facts of Ray's metrics pipeline (2.60) shape this:
+- A gauge that is not set again within two export intervals is dropped from the endpoint (the agent ages
+  gauges out so that finished workers disappear). "Live" gauges above are set every batch or step and fade
+  when the work stops; the epoch gauges are set once per epoch, so a daemon thread of this process sets
+  their last values again every half interval, for as long as the process (the Train worker) lives.
+- A histogram's ``_sum`` is computed from bucket midpoints, not from the observed values: exact totals
+  come from the ``*_seconds_total`` counters.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import urllib.request
 from collections.abc import Mapping
 from functools import cache
@@ -72,6 +83,8 @@ def _metrics() -> dict[str, Any]:
         "ingest_rate": Gauge("emodis_ingest_clips_per_s", "clips/s of a decoder's last batch"),
         "step": Histogram("emodis_train_step_seconds", "wall time of one training step, data wait included",
                           boundaries=STEP_BUCKETS_S, tag_keys=run),
+        "step_s": Counter("emodis_train_step_seconds_total", "seconds of training steps, data wait included",
+                          tag_keys=run),
         "wait": Counter("emodis_train_data_wait_seconds_total", "seconds of training steps spent waiting for data",
                         tag_keys=run),
         "wait_frac": Gauge("emodis_train_data_wait_fraction", "the last step's data wait / step time",
@@ -111,6 +124,8 @@ def record_step(step_s: float, wait_s: float, run: str | None = None) -> None:
         m = _metrics()
         tags = _run_tag(run)
         m["step"].observe(max(step_s, 0.0), tags=tags)
+        if step_s > 0:
+            m["step_s"].inc(step_s, tags=tags)
         if wait_s > 0:
             m["wait"].inc(wait_s, tags=tags)
         m["wait_frac"].set(wait_s / step_s if step_s > 0 else 0.0, tags=tags)
@@ -126,12 +141,53 @@ def record_epoch(metrics: Mapping[str, Any], run: str | None = None) -> None:
     try:
         m = _metrics()
         tags = _run_tag(run)
+        held = _held()
         for key in EPOCH_GAUGES:
             v = metrics.get(key)
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 m[key].set(float(v), tags=tags)
+                held.hold(m[key], float(v), tags)
     except Exception as e:
         log.debug("record_epoch failed: %s", e)
+
+
+class _HeldGauges:
+    """Sets the last value of each held gauge again every ``period_s``, from a daemon thread, so that a
+    value recorded once per epoch stays on the metrics endpoint between epochs."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, float, dict[str, str]]] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="emodis-metrics-hold", daemon=True)
+        self.thread.start()
+
+    def hold(self, gauge: Any, value: float, tags: dict[str, str]) -> None:
+        with self.lock:
+            self.values[(gauge.info["name"], tuple(sorted(tags.items())))] = (gauge, value, tags)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            with self.lock:
+                held = list(self.values.values())
+            for gauge, value, tags in held:
+                try:
+                    gauge.set(value, tags=tags)
+                except Exception as e:  # Ray shut down in this process: stop quietly
+                    log.debug("held gauge refresh failed: %s", e)
+                    return
+
+
+@cache
+def _held() -> _HeldGauges:
+    import ray
+
+    try:
+        interval_s = max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0
+    except Exception:  # a Ray without this private accessor: its default interval
+        interval_s = 10.0
+    return _HeldGauges(period_s=interval_s / 2)
 
 
 # --- reading them back --------------------------------------------------------------------------------

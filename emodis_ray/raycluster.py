@@ -23,6 +23,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        use_token_if_available()
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
@@ -30,6 +31,21 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         yield
     finally:
         ray.shutdown()
+
+
+def use_token_if_available() -> None:
+    """Send the auth token to a cluster named by address when one is at hand (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset: Ray does so by itself only for
+    ``address="auto"``, and a token cluster refuses a client without it ("Authentication token is missing")."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray release: RAY_AUTH_MODE=token in the environment does the same
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def cluster_cpus() -> int:

@@ -124,7 +124,7 @@ def make_person(seed: int, index: int) -> Person:
     gender = "f" if rng.random() < 0.5 else "m"
     skin = _SKIN_LIGHT + rng.random() * (_SKIN_DARK - _SKIN_LIGHT) + rng.normal(0, 8, 3)
     hair = _HAIR[rng.integers(len(_HAIR))] + rng.normal(0, 10, 3)
-    baseline = rng.normal(0.0, 0.5, len(FEATURES))
+    baseline = rng.normal(0.0, 0.4, len(FEATURES))
     baseline[[_F["range"], _F["energy"], _F["tempo"], _F["tremor"]]] = 0.0  # voice identity lives in f0/rate
     return Person(
         index=index, gender=gender,
@@ -132,9 +132,9 @@ def make_person(seed: int, index: int) -> Person:
         skin=tuple(np.clip(skin, 0, 255)), hair=tuple(np.clip(hair, 0, 255)),
         hair_top=rng.uniform(0.12, 0.3), hair_long=rng.uniform(0.0, 1.0) ** (2 if gender == "m" else 0.5),
         hair_wave=rng.uniform(0.0, 1.0),
-        eye_sep=rng.uniform(0.34, 0.48), eye_y=rng.uniform(-0.16, -0.06), eye_r=rng.uniform(0.065, 0.09),
-        brow_thick=rng.uniform(0.022, 0.04), mouth_w=rng.uniform(0.17, 0.25), mouth_y=rng.uniform(0.28, 0.38),
-        bg=tuple(rng.uniform(30, 220, 3)),
+        eye_sep=rng.uniform(0.36, 0.46), eye_y=rng.uniform(-0.14, -0.08), eye_r=rng.uniform(0.08, 0.1),
+        brow_thick=rng.uniform(0.022, 0.04), mouth_w=rng.uniform(0.24, 0.3), mouth_y=rng.uniform(0.28, 0.36),
+        bg=tuple(rng.uniform(70, 180, 3)),
         f0=rng.uniform(170, 240) if gender == "f" else rng.uniform(95, 140),
         tract=rng.uniform(1.05, 1.2) if gender == "f" else rng.uniform(0.88, 1.0),
         rate=rng.uniform(3.0, 5.5), breath=rng.uniform(0.02, 0.1),
@@ -145,8 +145,8 @@ def make_person(seed: int, index: int) -> Person:
 def make_session(seed: int, person: int, video: int) -> Session:
     rng = np.random.default_rng([seed, TAG_SESSION, person, video])
     return Session(
-        light=(rng.uniform(0.8, 1.15), rng.uniform(-0.25, 0.25), rng.uniform(-0.25, 0.25)),
-        bg_shift=tuple(rng.normal(0, 12, 3)), offset=(rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05)),
+        light=(rng.uniform(0.75, 1.2), rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3)),
+        bg_shift=tuple(rng.normal(0, 25, 3)), offset=(rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05)),
         scale=rng.uniform(0.92, 1.06), noise_floor=rng.uniform(0.5, 1.5), brightness=rng.uniform(0.0, 1.0),
     )
 
@@ -156,7 +156,7 @@ def cue_features(person: Person, emotion: str, intensity: float, relative: float
     """The clip's cue features at full expression (see the module docstring)."""
     effect = EFFECTS[FERPLUS_CLASSES.index(emotion)] * intensity
     gain = 1.0 - relative + relative * person.expressiveness
-    return relative * np.asarray(person.baseline) + effect * gain + rng.normal(0.0, 0.2, len(FEATURES))
+    return relative * np.asarray(person.baseline) + effect * gain + rng.normal(0.0, 0.15, len(FEATURES))
 
 
 # ----------------------------------------------------------------------------------------------- time
@@ -290,12 +290,12 @@ def _face_track(session: Session, f: np.ndarray, talk: np.ndarray, t: np.ndarray
         "cy": 0.08 + session.offset[1] + 0.03 * wob[1],
         "k": session.scale * (1.0 + 0.03 * wob[2]),
         "flicker": 1.0 + 0.03 * wob[3],
-        "curv": 0.015 + 0.11 * f[_F["curv"]],
-        "asym": 0.06 * f[_F["asym"]],
-        "open": np.clip(0.012 + 0.03 * f[_F["open"]] + 0.06 * talk, 0.0, 0.16),
-        "brow_h": 0.17 + 0.06 * f[_F["brow_h"]],
-        "brow_ang": 0.35 * f[_F["brow_ang"]],
-        "eye": np.clip(1.0 + 0.45 * f[_F["eye"]], 0.15, 1.9) * blink,
+        "curv": 0.015 + 0.24 * f[_F["curv"]],
+        "asym": 0.12 * f[_F["asym"]],
+        "open": np.clip(0.015 + 0.08 * f[_F["open"]] + 0.04 * talk, 0.0, 0.22),
+        "brow_h": 0.17 + 0.11 * f[_F["brow_h"]],
+        "brow_ang": 0.5 * f[_F["brow_ang"]],
+        "eye": np.clip(1.0 + 0.7 * f[_F["eye"]], 0.15, 2.2) * blink,
     }
 
 
@@ -314,15 +314,21 @@ def render_voice(person: Person, session: Session, cue: np.ndarray, syl: np.ndar
     t = np.arange(n) / sr
     env = _envelope(syl, t)
     centres = syl[:, 0] + syl[:, 1] / 2
-    rng_st = max(2.5 * (1 + 0.6 * cue[_F["range"]]), 0.3)
-    semis = (3.0 * cue[_F["pitch"]] + rng_st * 0.5 * np.interp(t, centres, syl[:, 4])  # level, accents
+    # the per-utterance, per-bin normalisation of the features removes static levels (pitch, loudness,
+    # colour), so emotion also moves the *dynamics*: pitch range and glide, tremor, loudness contrast
+    accent = np.interp(t, centres, syl[:, 4])  # [n] the syllables' pitch accents, smoothed
+    rng_st = max(2.5 * (1 + 1.2 * cue[_F["range"]]), 0.3)
+    glide = 5.0 * cue[_F["pitch"]] * (t / max(t[-1], 1e-3) - 0.5)  # rising (surprise, fear) or falling
+    tremor = max(cue[_F["tremor"]], 0.0) * np.sin(2 * np.pi * 5.5 * t)
+    semis = (3.0 * cue[_F["pitch"]] + rng_st * 0.5 * accent + glide  # level, accents, glide
              - 1.5 * t / max(t[-1], 1e-3)  # declination
-             + 0.8 * max(cue[_F["tremor"]], 0.0) * np.sin(2 * np.pi * 5.5 * t))
+             + 2.0 * tremor)
+    loud = 10 ** ((4.0 * max(1.0 + 1.5 * cue[_F["energy"]], 0.0) * accent + 4.0 * tremor) / 20)  # stress
     f0 = person.f0 * 2.0 ** (semis / 12.0)
     phase = np.cumsum(f0 / sr) % 1.0
     oq = float(np.clip(0.6 - 0.12 * cue[_F["tilt"]], 0.35, 0.8))
     pulse = np.where(phase < oq, 0.5 - 0.5 * np.cos(2 * np.pi * phase / oq), 0.0)
-    src = np.diff(pulse, prepend=0.0) * env + person.breath * rng.standard_normal(n) * env
+    src = (np.diff(pulse, prepend=0.0) + person.breath * rng.standard_normal(n)) * env * loud
     # formants change per syllable; the filter state carries over
     voice = np.empty(n)
     bounds = np.r_[np.clip((syl[:, 0] * sr).astype(np.int64), 0, n), n]
@@ -334,10 +340,11 @@ def render_voice(person: Person, session: Session, cue: np.ndarray, syl: np.ndar
             sos = _resonators(_VOWELS[int(syl[i, 3])] * person.tract, sr)
             voice[a:b], zi = sosfilt(sos, src[a:b], zi=zi)
     low = lfilter([0.15], [1, -0.85], voice)  # spectral tilt: louder speech is brighter
-    bright = float(np.clip(0.5 + 0.35 * cue[_F["tilt"]] + 0.2 * (session.brightness - 0.5), 0.05, 1.2))
+    bright = np.clip(0.5 + 0.35 * cue[_F["tilt"]] + 0.2 * (session.brightness - 0.5)
+                     + 0.3 * cue[_F["tilt"]] * accent, 0.05, 1.4)  # stressed syllables brighter when tense
     voice = low + bright * (voice - low)
     rms = np.sqrt(np.mean(voice[env > 0.1] ** 2)) if np.any(env > 0.1) else 1.0
-    voice *= 0.08 / max(rms, 1e-9) * 10 ** (5.0 * cue[_F["energy"]] / 20)
+    voice *= 0.08 / max(rms, 1e-9) * 10 ** (8.0 * cue[_F["energy"]] / 20)
     voice += rng.standard_normal(n) * (0.012 * noise * session.noise_floor)
     return np.clip(voice, -1.0, 1.0).astype(np.float32)
 
@@ -360,7 +367,7 @@ def render_clip(spec: ClipSpec, person: Person, session: Session, cfg: SynthConf
     rng = np.random.default_rng([cfg.seed, TAG_CLIP, spec.index])
     cue = cue_features(person, spec.emotion, spec.intensity, cfg.person_relative, rng)
     duration = spec.frames / cfg.fps
-    rate = person.rate * 2.0 ** (0.4 * cue[_F["tempo"]])
+    rate = person.rate * 2.0 ** (0.7 * cue[_F["tempo"]])
     syl = _syllables(rng, duration, rate)
     t = np.arange(spec.frames) / cfg.fps
     onset = np.clip(0.55 + 0.45 * t / 0.6, 0, 1)

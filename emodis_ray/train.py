@@ -7,21 +7,27 @@ place it touches Ray. Everything else (one epoch, evaluation, checkpoint files) 
 A run folder ``OUT`` holds::
 
     config.yaml          the resolved config of the latest call
+    run.json             the manifest it trained on (path and hash), for `emodis evaluate`
     reports.jsonl        every ``ray.train.report`` as it happened (appended, one JSON line each)
     metrics.csv / .json  one row per epoch (deduplicated by epoch, the last report wins)
     tensorboard/         TensorBoard events of the same metrics
     bad_clips.csv        clips that could not be decoded (from the stream or the feature cache)
     curves.png           losses, validation emotion F1, identity accuracy and aux-head leakage per epoch
     model.pt             the final weights with what it takes to rebuild the model without Ray
-    checkpoints/OUT/     Ray Train storage: the last two checkpoints (``epoch_NNNN/checkpoint.pt``)
+    checkpoints/OUT/     Ray Train storage: the last two checkpoints (``epoch_NNNN/checkpoint.pt``);
+                         ``--storage`` puts it on a shared filesystem or an object-store URI instead
 
 Calling :func:`fit` again on the same ``OUT`` resumes: Ray Train V2 finds its checkpoint snapshot under
 the same ``storage_path``/``name`` and ``ray.train.get_checkpoint()`` returns the latest checkpoint.
 
-Determinism: train shards are cut by ``streaming_split(equal=True)`` with ``preserve_order`` on, which
-hands the (ordered) blocks to the workers deterministically; the local shuffle is seeded by
-(seed, epoch), the crop by (seed, epoch, clip id), and each rank's RNG state is saved with the
-checkpoint. So a run, a rerun and a run restarted after a failure give the same numbers on CPU.
+Sharding: train rows are cut by ``streaming_split(equal=True)`` (DDP needs the same number of steps on
+every worker; up to ``workers - 1`` rows of an epoch are left out to make the shards equal), validation
+rows by ``streaming_split(equal=False)`` (every row exactly once; predictions are gathered to all ranks).
+
+Determinism: with ``preserve_order`` on, the splitter hands the (ordered) blocks to the workers
+deterministically; the local shuffle is seeded by (seed, epoch), the crop by (seed, epoch, clip id), and
+each rank's RNG state is saved with the checkpoint. So a run, a rerun, a run restarted after a worker
+failure and a stopped-then-resumed run give bit-identical numbers on CPU (tests/test_train.py).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,7 @@ from emodis_ray.engine import (
     train_epoch,
 )
 from emodis_ray.methods import build_method, build_schedulers
+from emodis_ray.metrics import record_epoch, record_step
 from emodis_ray.model import MultitaskModel, build_model, unwrap
 from emodis_ray.shards import collate
 
@@ -72,7 +79,8 @@ SHUFFLE_ROWS = 256  # local shuffle buffer per worker, in clips (~4 MB each at t
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``config``: ``cfg`` (a ``Config.to_dict()``), ``num_speakers``,
-    ``steps_per_epoch``, ``fault_marker`` (a path), ``resume`` (default True)."""
+    ``steps_per_epoch``, ``fault_marker`` (a path); optional ``resume`` (default True) and ``tag`` (a prefix
+    of the checkpoint folder names, for several runs of this loop inside one Ray Train run)."""
     cfg = replace(Config(), **config["cfg"])
     _quiet_report_log()
     ctx = ray.train.get_context()  # 1. who am I: rank and world size
@@ -119,7 +127,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                            local_shuffle_buffer_size=SHUFFLE_ROWS,
                                                            local_shuffle_seed=seed + epoch))
         logs = train_epoch(model, train_batches, method, optimizers, epoch, cfg.train.epochs, device, autocast,
-                           log_every=0, steps_per_epoch=config.get("steps_per_epoch"))
+                           log_every=0, steps_per_epoch=config.get("steps_per_epoch"),
+                           on_step=lambda step_s, wait_s: record_step(step_s, wait_s, run=config.get("run")))
         lrs = {"lr": optimizers.main.param_groups[0]["lr"], "aux_lr": optimizers.aux.param_groups[0]["lr"]}
         schedulers.step()
 
@@ -137,6 +146,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         row = {"epoch": epoch, "method": cfg.method.name, **{f"train_{k}": v for k, v in train.items()},
                **{f"val_{k}": v for k, v in val.items()}, **lrs, "val_time_s": val_s, "workers": world}
 
+        if rank == 0:  # custom metrics for the dashboard / Prometheus (values already cover every worker)
+            record_epoch(row, run=config.get("run"))
+
         # 6. Report the metrics and a checkpoint (written by rank 0 into a temporary folder that Ray
         #    copies to the run's storage). Every rank saves its RNG state through rank 0.
         rngs = all_gather(rng_state(), world)
@@ -147,7 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          "config": config["cfg"], "lam": float(logs.get("lam", 0.0)), "metrics": row}
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, model, optimizers, schedulers, epoch, extra)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+            ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"{config.get('tag', '')}epoch_{epoch:04d}")
 
 
 def _quiet_report_log() -> None:
@@ -316,22 +328,25 @@ class _Follow(threading.Thread):
 
 
 def fit(manifest: Path, out: Path, cfg: Config, *, progress: bool = True, max_decoders: int | None = None,
-        train_loop: Callable[[dict[str, Any]], None] = train_loop_per_worker) -> TrainResult:
+        train_loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+        callbacks: Sequence[ray.train.UserCallback] = (), storage: str | None = None) -> TrainResult:
     """Train ``cfg.method`` on the manifest's train split with ``cfg.train.workers`` Ray Train workers,
     validating on its val split each epoch; write everything into ``out`` (see the module docstring).
 
     Uses the running Ray (the caller's ``ray_session``) or starts a local one. ``data.cache_dir`` set:
     read the feature cache (it must match); empty: decode on the fly. ``train_loop`` is for tests and
-    experiments: a function with the contract of :func:`train_loop_per_worker`.
+    experiments: a function with the contract of :func:`train_loop_per_worker`. ``callbacks``: more Ray Train
+    callbacks for the trainer's run config (e.g. Tune's ``TuneReportCallback`` when a Tune trial drives this run).
     """
     from emodis_ray.raycluster import ray_session
 
     with ray_session():
-        return _fit(Path(manifest), Path(out), cfg, progress, max_decoders, train_loop)
+        return _fit(Path(manifest), Path(out), cfg, progress, max_decoders, train_loop, callbacks)
 
 
 def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: int | None,
-         train_loop: Callable[[dict[str, Any]], None]) -> TrainResult:
+         train_loop: Callable[[dict[str, Any]], None],
+         callbacks: Sequence[ray.train.UserCallback] = (), storage: str | None = None) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from emodis_ray.data import BadClipLog, bad_fraction_of, check_bad_fraction, split_rows, write_bad_clips
@@ -341,8 +356,17 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     t_start, wall_start = time.perf_counter(), time.time()
     out = Path(os.path.abspath(out))
     out.mkdir(parents=True, exist_ok=True)
+    reports = out / "reports.jsonl"
+    done = dedupe_epochs(_read_reports(reports))
+    if done and int(done[-1]["epoch"]) >= cfg.train.epochs - 1 and (out / "model.pt").exists():
+        if progress:
+            print(f"{out}: already trained to epoch {int(done[-1]['epoch']) + 1}; nothing to do")
+        return TrainResult(out=out, metrics=done, epochs_run=[], model_path=out / "model.pt", source="",
+                           elapsed_s=time.perf_counter() - t_start, first_report_s=float("nan"))
     cfg.save(out / "config.yaml")
     df = read_manifest(manifest)
+    (out / "run.json").write_text(json.dumps({  # what `emodis evaluate` needs to find the data again
+        "manifest": os.path.abspath(manifest), "manifest_hash": manifest_hash(df), "config_hash": cfg.hash()}))
     num_speakers = int(df["speaker_idx"].max()) + 1
     n_train = int((df["split"] == "train").sum())
     info = find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features) if cfg.data.cache_dir else None
@@ -351,28 +375,37 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
 
     # 1. Datasets of segment rows (Ray Data), from the feature cache or decoded on the fly.
     log = BadClipLog.remote() if info is None else None
-    train_ds, source = split_rows(manifest, "train", cfg, log, max_decoders)
-    val_ds, _ = split_rows(manifest, "val", cfg, log, max_decoders)
+    data_ctx = ray.data.DataContext.get_current()
+    bars, data_ctx.enable_progress_bars = data_ctx.enable_progress_bars, False  # one line per epoch instead
+    try:
+        train_ds, source = split_rows(manifest, "train", cfg, log, max_decoders)
+        val_ds, _ = split_rows(manifest, "val", cfg, log, max_decoders)
+    finally:
+        data_ctx.enable_progress_bars = bars
 
-    # 2. The trainer: N workers, storage in the run folder under a fixed name, retries, two checkpoints kept.
+    # 2. The trainer: N workers, storage under a fixed name (in the run folder, or a shared filesystem /
+    #    object-store URI for multi-node runs), retries, two checkpoints kept.
     name = out.name
-    reports = out / "reports.jsonl"
+    if storage:
+        storage_path = storage if "://" in storage else os.path.abspath(storage)
+    else:
+        storage_path = str(out / "checkpoints")
     world = cfg.train.workers
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "cfg": cfg.to_dict(), "num_speakers": num_speakers,
             "steps_per_epoch": max(1, math.ceil(n_train // world / cfg.data.batch_size)),
-            "fault_marker": str(out / "checkpoints" / name / "fault_injected"),
+            "fault_marker": str(out / "fault_injected"), "run": name,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=world, use_gpu=cfg.train.use_gpu,
             resources_per_worker=worker_resources(cfg, float(ray.cluster_resources().get("CPU", 1)))),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(out / "checkpoints"),
+            name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_ReportLog(str(reports))],
+            callbacks=[_ReportLog(str(reports)), *callbacks],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=_Sharding(),

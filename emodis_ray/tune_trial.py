@@ -1,0 +1,145 @@
+"""One search trial (the Tune-driver pattern of DESIGN §9): a Tune function trainable that builds a
+``TorchTrainer`` through ``train.fit`` with Tune's ``TuneReportCallback``, then scores the trained model with
+the leakage probes on the validation split.
+
+Every epoch's report reaches Tune with the online figures added (the aux heads' leakage, rescaled above
+chance with the validation priors) so ASHA can stop a trial early; the trial's last report carries the
+probe-based validation leakage and the feasibility verdict. The trainer's run is ``runs/<trial id>``, named
+after the trial, so a trial that Tune re-runs after an interruption resumes from its Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from emodis_ray.config import Config, replace
+from emodis_ray.stats import chance_levels, leakage
+from emodis_ray.tune import PENALTY, apply_params, is_feasible, objective_value
+
+TRIAL_FILE, RESULT_FILE, ERROR_FILE = "trial.json", "result.json", "error.txt"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares (sent once through the object store by ``tune.with_parameters``)."""
+
+    manifest: str
+    manifest_hash: str
+    runs_dir: str
+    cfg: dict[str, Any]  # the base config (preset, --set, the space's base) as Config.to_dict()
+    floor: float
+    val_chances: tuple[float, float]  # (emotion macro-F1, identity accuracy) of the majority class on val
+    probe_seed: int = 0
+
+    def config(self, params: dict[str, Any]) -> Config:
+        return apply_params(replace(Config(), **self.cfg), params)
+
+
+def online_metrics(row: dict[str, Any], floor: float, chances: tuple[float, float]) -> dict[str, float]:
+    """Per-epoch figures for the scheduler and the searcher, from the aux heads (no probes yet)."""
+    f1 = float(row.get("val_emo_f1", float("nan")))
+    aux_emo, aux_spk = float(row.get("val_aux_emo_f1", float("nan"))), float(row.get("val_aux_spk_acc", float("nan")))
+    online = leakage(aux_emo, aux_spk, chances).score if math.isfinite(aux_emo) and math.isfinite(aux_spk) else 1.0
+    f1_ok = f1 if math.isfinite(f1) else 0.0
+    online_obj = online + max(0.0, floor - f1_ok)  # ASHA's metric: leakage, and how far F1 is below the floor
+    return {"emo_f1": f1_ok, "online_leakage": online, "online_objective": online_obj,
+            "leakage": online, "objective": PENALTY + online_obj, "probed": 0.0,
+            "epochs_done": float(int(row.get("epoch", -1)) + 1)}
+
+
+class _TuneReport(TuneReportCallback):
+    """``TuneReportCallback`` with the online figures added to every epoch's report."""
+
+    def __init__(self, floor: float, chances: tuple[float, float]) -> None:
+        super().__init__()
+        self.floor, self.chances = floor, chances
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        row = {**metrics[0], **online_metrics(metrics[0], self.floor, self.chances)}
+        super().after_report(run_context, [row, *metrics[1:]], checkpoint)
+
+
+def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> dict[str, float]:
+    """Leakage probes of a trained run on validation: embeddings of train and val (never test) from the frozen
+    model, probes trained on train and early-stopped and scored on val; chance from the val priors."""
+    from emodis_ray.data import cache_rows
+    from emodis_ray.infer import embed_rows
+    from emodis_ray.manifest import manifest_hash, read_manifest
+    from emodis_ray.probe import run_probes
+    from emodis_ray.shards import find_cache
+
+    ctx = ray.data.DataContext.get_current()  # this trial's process: no progress bars in the search's log
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    df = read_manifest(manifest)
+    info = find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features)
+    rows = cache_rows(info, None).filter(expr="split != 'test'")
+    cols = embed_rows(rows, run / "model.pt", cfg.features, batch_size=cfg.data.batch_size, actors=1,
+                      use_gpu=cfg.train.use_gpu)
+    keys = ("emo_emb", "spk_emb", "emotion", "speaker")
+    emb = {s: {k: cols[k][cols["split"] == s] for k in keys} for s in ("train", "val")}
+    probes = run_probes({"train": emb["train"], "val": emb["val"], "test": emb["val"]}, seed=seed,
+                        num_speakers=int(df["speaker_idx"].max()) + 1)
+    chances = chance_levels(emb["val"]["emotion"], emb["val"]["speaker"])
+    leak = leakage(probes.emo_from_spk_f1, probes.spk_from_emo_acc, chances)
+    return {"val_leakage": leak.score, "probe_emo_from_spk_f1": probes.emo_from_spk_f1,
+            "probe_spk_from_emo_acc": probes.spk_from_emo_acc, "leak_emo_from_spk": leak.emo_from_spk,
+            "leak_spk_from_emo": leak.spk_from_emo, "chance_emo_f1": chances[0], "chance_spk_acc": chances[1],
+            "n_val": float(len(emb["val"]["emotion"]))}
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
+    """The Tune trainable: train this trial's config with Ray Train, probe it, report the final figures."""
+    from emodis_ray.train import fit
+
+    t0 = time.time()
+    trial_id = ray.tune.get_context().get_trial_id()  # 1. which trial: it names the run folder and Train run
+    run = Path(setup.runs_dir) / trial_id
+    run.mkdir(parents=True, exist_ok=True)
+    record = {"trial_id": trial_id, "params": params, "manifest": setup.manifest, "manifest_hash": setup.manifest_hash,
+              "started": t0}
+    try:
+        cfg = setup.config(params)
+        record |= {"seed": cfg.train.seed, "config_hash": cfg.hash()}
+        (run / TRIAL_FILE).write_text(json.dumps(record, indent=1, default=str))
+        cfg.save(run / "config.yaml")
+        # 2. Ray Train under Tune: every epoch's report goes on to Tune (ASHA may stop the trial here).
+        res = fit(Path(setup.manifest), run, cfg, progress=False,
+                  callbacks=[_TuneReport(setup.floor, setup.val_chances)])
+        t_fit = time.time()
+        # 3. The probe-based validation leakage of the final model.
+        probe = probe_val_leakage(run, cfg, Path(setup.manifest), setup.probe_seed)
+        last = res.final
+        f1 = float(last.get("val_emo_f1", float("nan")))
+        feasible = is_feasible(f1, probe["val_leakage"], setup.floor)
+        final = {**online_metrics(last, setup.floor, setup.val_chances), **probe,
+                 "val_emo_f1": f1, "emo_f1": f1 if math.isfinite(f1) else 0.0, "leakage": probe["val_leakage"],
+                 "val_spk_acc": float(last.get("val_spk_acc", float("nan"))),
+                 "feasible": float(feasible), "objective": objective_value(probe["val_leakage"], feasible),
+                 "probed": 1.0, "epochs_done": float(cfg.train.epochs), "floor": setup.floor,
+                 "fit_s": t_fit - t0, "probe_s": time.time() - t_fit, "first_report_s": res.first_report_s,
+                 "trial_s": time.time() - t0}
+        (run / RESULT_FILE).write_text(json.dumps(final, indent=1))
+        ray.tune.report(final)  # 4. the trial's verdict: what Optuna is told
+    except Exception:
+        (run / ERROR_FILE).write_text(traceback.format_exc())
+        raise
+
+
+def val_chances(manifest: Path) -> tuple[float, float]:
+    """Chance levels of the validation split from the manifest (for the online leakage estimate)."""
+    from emodis_ray.manifest import read_manifest
+
+    df = read_manifest(manifest)
+    val = df[df["split"] == "val"]
+    return chance_levels(np.asarray(val["emotion_idx"]), np.asarray(val["speaker_idx"]))

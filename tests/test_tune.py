@@ -1,0 +1,277 @@
+"""Search spaces, the selection rule, and real searches (Ray Tune + Optuna + Ray Train) on a tiny synthetic set.
+
+The Ray tests share one two-CPU cluster and one tiny data set with its feature cache. Each trial pays Ray
+Train's start-up (about 20 s here), so the searches are small: 4 trials (one made to crash) after an MTL
+baseline, and a 2-trial search that is interrupted, resumed and then extended by one trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import ray
+from ray import tune
+
+from emodis_ray.config import Config, ConfigError, SynthConfig, load_config, replace
+from emodis_ray.data import preprocess
+from emodis_ray.manifest import write_manifest
+from emodis_ray.sources import emovox_manifest
+from emodis_ray.synth import generate
+from emodis_ray.tune import (
+    PENALTY,
+    SearchResult,
+    SpaceError,
+    apply_params,
+    choose_best,
+    floor_from_baseline,
+    is_feasible,
+    load_space,
+    objective_value,
+    pareto_mask,
+    run_search,
+)
+
+SPACES = sorted((Path(__file__).parent.parent / "tune_spaces").glob("*.yaml"))
+SYNTH = SynthConfig(people=6, clips_per_person=12, videos_per_person=6, size=64, clip_s_min=1.5, clip_s_max=2.5,
+                    short_clip_fraction=0.0, heard_fraction=0.5, unheard_people=0, workers=1, seed=1)
+
+
+# --- spaces (no Ray) -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_shipped_spaces_load_and_make_configs(path: Path) -> None:
+    space = load_space(path, load_config("tiny"))
+    assert space.params and space.study == path.stem and 0 <= space.tolerance < 0.2
+    for n in (1, 3):  # every grid point of every parameter is a valid config
+        for key, p in space.params.items():
+            for v in p.grid(n):
+                cfg = space.config(load_config("tiny"), {key: v})
+                section, name = key.split(".")
+                assert getattr(getattr(cfg, section), name) == v
+    dists = space.optuna_space()
+    assert set(dists) == set(space.params)
+    keys = {k for s in SPACES for k in load_space(s).params}
+    for wanted in ("method.w_em_prim", "method.w_spk_prim", "method.w_spk_aux", "method.w_em_aux", "optim.lr",
+                   "optim.aux_lr", "method.grl_lambda", "method.grl_schedule", "model.spk_dim", "method.name"):
+        assert wanted in keys
+
+
+GOOD = "study: t\nbase: {method.name: gr}\nparams:\n  method.grl_lambda: {dist: loguniform, low: 0.1, high: 2}\n"
+
+
+@pytest.mark.parametrize("text, key, words", [
+    (GOOD + "extra: 1\n", "extra", "unknown key"),
+    ("params:\n  method.nope: {dist: uniform, low: 0, high: 1}\n", "params.method.nope", "unknown key"),
+    ("params:\n  foo.bar: {dist: uniform, low: 0, high: 1}\n", "params.foo.bar", "unknown section"),
+    ("params:\n  lr: {dist: uniform, low: 0, high: 1}\n", "params.lr", "SECTION.NAME"),
+    ("params:\n  optim.lr: {dist: uniform, low: 0.1, high: 0.1}\n", "params.optim.lr", "impossible bounds"),
+    ("params:\n  optim.lr: {dist: uniform, low: 0.2, high: 0.1}\n", "params.optim.lr", "impossible bounds"),
+    ("params:\n  optim.lr: {dist: loguniform, low: 0, high: 0.1}\n", "params.optim.lr", "low > 0"),
+    ("params:\n  optim.lr: {dist: normal, low: 0, high: 0.1}\n", "params.optim.lr", "unknown distribution"),
+    ("params:\n  optim.lr: {dist: uniform, low: 0, hi: 0.1}\n", "params.optim.lr", "unknown key hi"),
+    ("params:\n  optim.lr: {dist: uniform, low: 0}\n", "params.optim.lr", "needs high"),
+    ("params:\n  method.name: {dist: choice, values: [gr, magic]}\n", "params.method.name", "magic"),
+    ("params:\n  method.name: {dist: choice, values: []}\n", "params.method.name", "non-empty"),
+    ("params:\n  model.spk_dim: {dist: uniform, low: 8, high: 64}\n", "params.model.spk_dim", "integer"),
+    ("params:\n  model.spk_dim: {dist: int, low: 8.5, high: 64}\n", "params.model.spk_dim", "integers"),
+    ("base: {method.grl_lambda: big}\n" + GOOD.split("\n", 2)[2], "base.method.grl_lambda", "number"),
+    (GOOD + "start: [{method.grl_lambda: 5.0}]\n", "start[0].method.grl_lambda", "outside"),
+    (GOOD + "start: [{optim.lr: 0.1}]\n", "start[0].optim.lr", "not a parameter"),
+    (GOOD + "objective: {tolerance: -1}\n", "objective.tolerance", ">= 0"),
+    (GOOD + "objective: {floor: 0.3}\n", "objective", "unknown key floor"),
+    ("study: t\n", "params", "empty"),
+])
+def test_space_errors_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as e:
+        load_space(path)
+    msg = str(e.value)
+    assert str(path) in msg and key in msg and words in msg, msg
+
+
+def test_space_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="no such file"):
+        load_space(tmp_path / "none.yaml")
+    (tmp_path / "b.yaml").write_text("params: [unclosed\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(tmp_path / "b.yaml")
+
+
+def test_apply_params_type_checks() -> None:
+    cfg = apply_params(Config(), {"method.grl_lambda": 2, "model.spk_dim": 16, "method.grl_schedule": "ramp"})
+    assert cfg.method.grl_lambda == 2.0 and cfg.model.spk_dim == 16 and cfg.method.grl_schedule == "ramp"
+    with pytest.raises(ConfigError):
+        apply_params(Config(), {"model.spk_dim": 1.5})
+
+
+# --- the selection rule (pure) ---------------------------------------------------------------------------
+
+
+def _row(tid: str, f1: float, leak: float, floor: float, status: str = "completed") -> dict[str, Any]:
+    return {"trial_id": tid, "status": status, "val_emo_f1": f1, "val_leakage": leak,
+            "feasible": status == "completed" and is_feasible(f1, leak, floor)}
+
+
+def test_feasibility_rule() -> None:
+    floor = floor_from_baseline(0.60, 0.02)
+    assert floor == pytest.approx(0.58)
+    assert is_feasible(0.58, 0.3, floor) and is_feasible(0.9, 0.0, floor)
+    assert not is_feasible(0.579, 0.01, floor)
+    assert not is_feasible(float("nan"), 0.1, floor) and not is_feasible(0.7, None, floor)
+    assert objective_value(0.2, True) == 0.2 and objective_value(0.2, False) == 0.2 + PENALTY
+    assert objective_value(0.99, True) < objective_value(0.0, False)  # infeasible always ranks last
+    rows = [_row("a", 0.50, 0.01, floor),                   # lowest leakage, but below the floor
+            _row("b", 0.61, 0.20, floor),
+            _row("c", 0.59, 0.10, floor),                   # chosen
+            _row("d", 0.70, 0.10 + 1e-12, floor),
+            _row("e", 0.90, 0.00, floor, status="stopped"),  # stopped or failed trials are never chosen
+            _row("f", float("nan"), float("nan"), floor, status="error")]
+    assert [r["trial_id"] for r in rows if r["feasible"]] == ["b", "c", "d"]
+    assert choose_best(rows)["trial_id"] == "c"
+    tie = [_row("x", 0.60, 0.1, floor), _row("y", 0.65, 0.1, floor), _row("z", 0.65, 0.1, floor)]
+    assert choose_best(tie)["trial_id"] == "y"  # equal leakage: higher F1, then the earlier trial
+    assert choose_best([_row("a", 0.1, 0.0, floor)]) is None
+    assert pareto_mask([0.5, 0.6, 0.55, 0.6, float("nan")], [0.1, 0.2, 0.3, 0.1, 0.0]) == \
+        [False, False, False, True, False]
+    assert pareto_mask([0.5, 0.7], [0.1, 0.3]) == [True, True]
+
+
+# --- real searches -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """A tiny synthetic EmoVox, its manifest and feature cache, and a two-epoch config that reads them."""
+    root = tmp_path_factory.mktemp("tune_data")
+    generate(root / "data", SYNTH, progress=False)
+    cfg = replace(load_config("tiny"), labels={"drop_percentile": 0.0}, features={"clip_s": 2.0, "face_size": 16},
+                  model={"width": 0.125, "emo_dim": 32, "spk_dim": 16},
+                  data={"batch_size": 8, "rows_per_shard": 64, "cache_dir": str(root / "cache")},
+                  optim={"lr": 3e-3, "aux_lr": 3e-3}, train={"workers": 1, "epochs": 2, "seed": 7, "max_failures": 0})
+    df, _ = emovox_manifest(root / "data" / "senet50-ferplus-logits.mat", root / "data" / "vox1_meta.csv",
+                            root / "data" / "videos", cfg.labels)
+    write_manifest(df, root / "manifest.parquet")
+    preprocess(root / "manifest.parquet", root / "cache", cfg, progress=False, max_decoders=2)
+    return root / "manifest.parquet", cfg
+
+
+SPACE = """study: test
+base: {method.name: gr}
+params:
+  method.grl_lambda: {dist: loguniform, low: 0.1, high: 3.0}
+  optim.lr: {dist: choice, values: [0.003, 0.01, -1.0]}  # -1: Adam refuses it, the trial crashes
+start:
+  - {optim.lr: -1.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def search4(data: tuple[Path, Config], tmp_path_factory: pytest.TempPathFactory) -> SearchResult:
+    manifest, cfg = data
+    root = tmp_path_factory.mktemp("search4")
+    (root / "space.yaml").write_text(SPACE)
+    return run_search(load_space(root / "space.yaml"), manifest, root / "out", cfg, 4, seed=3, progress=False)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(360)
+def test_search_picks_lowest_feasible_leakage(search4: SearchResult) -> None:
+    out = search4.out
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) == 4 and set(df["status"]) <= {"completed", "stopped", "error"}
+    # the floor came from an MTL baseline trained first
+    base = json.loads((out / "baseline" / "metrics.json").read_text())[-1]
+    assert search4.floor == pytest.approx(base["val_emo_f1"] - 0.02)
+    done = df[df["status"] == "completed"]
+    assert len(done) >= 2
+    assert (done["feasible"] == (done["val_emo_f1"] >= search4.floor)).all()
+    feasible = done[done["feasible"]]
+    if len(feasible):
+        want = feasible.sort_values(["val_leakage", "val_emo_f1"], ascending=[True, False]).iloc[0]
+        assert search4.best is not None and search4.best["trial_id"] == want["trial_id"]
+        best = load_config(out / "best.yaml")  # a full config that `emodis train --config` takes
+        assert best.method.name == "gr" and best.method.grl_lambda == pytest.approx(want["method.grl_lambda"])
+    else:
+        assert search4.best is None and not (out / "best.yaml").exists()
+    assert (out / "pareto.png").stat().st_size > 10_000 and (out / "optuna.db").exists()
+    for tid in done["trial_id"]:  # each trial wrote its resolved config, seed and manifest hash
+        rec = json.loads((out / "runs" / tid / "trial.json").read_text())
+        assert rec["seed"] == 7 and len(rec["manifest_hash"]) == 16
+        assert (out / "runs" / tid / "config.yaml").exists()
+        res = json.loads((out / "runs" / tid / "result.json").read_text())
+        assert 0 <= res["val_leakage"] <= 1 and res["n_val"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60)
+def test_crashing_trial_does_not_stop_the_search(search4: SearchResult) -> None:
+    df = pd.read_csv(search4.out / "trials.csv")
+    failed = df[df["status"] == "error"]
+    assert len(failed) >= 1 and (failed["optim.lr"] == -1.0).all()
+    assert all("learning rate" in e.lower() or "lr" in e.lower() for e in failed["error"]), failed["error"].tolist()
+    assert (df["status"] == "completed").sum() >= 2  # trials after the crash ran
+    assert df.iloc[0]["optim.lr"] == -1.0  # the enqueued start point ran first
+    assert not failed["feasible"].any()
+
+
+class InterruptAfter(tune.Callback):
+    """Sends SIGINT to the driver (as Ctrl+C would) when the first trial completes, once per marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(trial.trial_id)
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(360)
+def test_interrupted_search_resumes_then_extends(data: tuple[Path, Config], tmp_path: Path) -> None:
+    manifest, cfg = data
+    (tmp_path / "space.yaml").write_text(SPACE.split("start:")[0].replace(", -1.0]", "]"))
+    space, out = load_space(tmp_path / "space.yaml"), tmp_path / "out"
+    marker = tmp_path / "interrupted"
+    first = run_search(space, manifest, out, cfg, 2, floor=0.0, progress=False, callbacks=[InterruptAfter(str(marker))])
+    assert first.interrupted and marker.exists()
+    finished = {r["trial_id"]: Path(r["run"], "result.json").stat().st_mtime_ns
+                for r in first.rows if r["status"] == "completed"}
+    assert list(finished) == [marker.read_text()]
+    with pytest.raises(ValueError, match="--resume"):
+        run_search(space, manifest, out, cfg, 2, floor=0.0, progress=False)
+
+    second = run_search(space, manifest, out, cfg, 2, floor=0.0, resume=True, progress=False)
+    assert not second.interrupted and len(second.rows) == 2
+    assert all(r["status"] == "completed" for r in second.rows)
+    for tid, mtime in finished.items():  # the finished trial did not run again
+        assert Path(out, "runs", tid, "result.json").stat().st_mtime_ns == mtime
+        assert len(Path(out, "runs", tid, "reports.jsonl").read_text().splitlines()) == cfg.train.epochs
+
+    third = run_search(space, manifest, out, cfg, 3, floor=0.0, resume=True, progress=False)
+    assert third.new_trials == 1 and len(third.rows) == 3 and {r["round"] for r in third.rows} == {"search", "search-2"}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["trial_id"] for r in third.rows)
+    for r in second.rows:
+        assert Path(r["run"], "result.json").stat().st_mtime_ns == \
+            Path(out, "runs", r["trial_id"], "result.json").stat().st_mtime_ns
+    # the study persisted in optuna.db holds every told trial
+    import optuna
+
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
+    assert all(math.isfinite(r["val_leakage"]) for r in third.rows)

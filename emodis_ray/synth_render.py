@@ -290,12 +290,12 @@ def _face_track(session: Session, f: np.ndarray, talk: np.ndarray, t: np.ndarray
         "cy": 0.08 + session.offset[1] + 0.03 * wob[1],
         "k": session.scale * (1.0 + 0.03 * wob[2]),
         "flicker": 1.0 + 0.03 * wob[3],
-        "curv": 0.015 + 0.24 * f[_F["curv"]],
+        "curv": 0.015 + 0.3 * f[_F["curv"]],
         "asym": 0.12 * f[_F["asym"]],
         "open": np.clip(0.015 + 0.08 * f[_F["open"]] + 0.04 * talk, 0.0, 0.22),
-        "brow_h": 0.17 + 0.11 * f[_F["brow_h"]],
+        "brow_h": 0.17 + 0.14 * f[_F["brow_h"]],
         "brow_ang": 0.5 * f[_F["brow_ang"]],
-        "eye": np.clip(1.0 + 0.7 * f[_F["eye"]], 0.15, 2.2) * blink,
+        "eye": np.clip(1.0 + 0.8 * f[_F["eye"]], 0.15, 2.3) * blink,
     }
 
 

@@ -101,7 +101,7 @@ def stream_rows(manifest: pd.DataFrame, split: str | None, cfg: Config, log: Any
     rows = pa.Table.from_pandas(manifest_rows(manifest, split), preserve_index=False)
     # from_arrow, not from_pandas: Ray 2.60's from_pandas trips over pandas 3's string columns.
     n_blocks = max(1, min(rows.num_rows // 4, 2000))  # ~4 clips a block: work spreads over actors
-    step = -(-rows.num_rows // n_blocks)
+    step = max(1, -(-rows.num_rows // n_blocks))
     ds = ray.data.from_arrow([rows.slice(i, step) for i in range(0, rows.num_rows, step)] or [rows])
     return ds.map_batches(
         DecodeClips, batch_format="pandas", batch_size=4, num_cpus=1,

@@ -337,11 +337,13 @@ def fit(manifest: Path, out: Path, cfg: Config, *, progress: bool = True, max_de
     read the feature cache (it must match); empty: decode on the fly. ``train_loop`` is for tests and
     experiments: a function with the contract of :func:`train_loop_per_worker`. ``callbacks``: more Ray Train
     callbacks for the trainer's run config (e.g. Tune's ``TuneReportCallback`` when a Tune trial drives this run).
+    ``storage``: where Ray Train keeps checkpoints (a path every node reaches, or an object-store URI);
+    default ``out/checkpoints``.
     """
     from emodis_ray.raycluster import ray_session
 
     with ray_session():
-        return _fit(Path(manifest), Path(out), cfg, progress, max_decoders, train_loop, callbacks)
+        return _fit(Path(manifest), Path(out), cfg, progress, max_decoders, train_loop, callbacks, storage)
 
 
 def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: int | None,

@@ -536,8 +536,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="run the main job end to end on a synthetic set",
         description="End to end on the embedded default, on a local Ray cluster that it starts (or RAY_ADDRESS): "
                     "write a synthetic EmoVox set in the real formats, build its manifest with the EmoVox label "
-                    "rules, decode it once into the feature cache. Everything goes under OUT; a rerun keeps "
-                    "finished steps.")
+                    "rules, decode it once into the feature cache, train the MTL baseline and gradient reversal "
+                    "with Ray Train, evaluate both with leakage probes and write a report (OUT/report/report.md). "
+                    "A rerun keeps finished steps.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     _add_config_args(p)

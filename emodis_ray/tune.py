@@ -101,7 +101,7 @@ class Space:
     base: dict[str, Any]
     params: dict[str, Param]
     tolerance: float = DEFAULT_TOLERANCE
-    start: tuple[dict[str, Any], ...] = ()  # points evaluated first (Optuna's enqueued trials)
+    start: tuple[dict[str, Any], ...] = ()  # points evaluated first; a missing parameter takes its middle value
 
     def optuna_space(self) -> dict[str, Any]:
         return {k: p.optuna() for k, p in self.params.items()}
@@ -274,6 +274,16 @@ def choose_best(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     if not ok:
         return None
     return min(ok, key=lambda ir: (float(ir[1]["val_leakage"]), -float(ir[1]["val_emo_f1"]), ir[0]))[1]
+
+
+def asha_schedule(epochs: int, reduction_factor: int = 2) -> tuple[int, int] | None:
+    """ASHA's ``(grace_period, max_t)`` in epochs, or None when a run is too short to stop early (< 3 epochs).
+    ``max_t`` is one epoch short of the run, so no rung sits on the last epoch: a trial that trained to the end
+    is never stopped before its probes."""
+    if epochs < 3:
+        return None
+    max_t = epochs - 1
+    return min(max(1, epochs // 4), max(1, max_t // reduction_factor)), max_t
 
 
 def pareto_mask(emo_f1: Sequence[float], leakage: Sequence[float]) -> list[bool]:

@@ -26,6 +26,7 @@ from emodis_ray.config import Config, replace
 from emodis_ray.tune import (
     SearchResult,
     Space,
+    asha_schedule,
     choose_best,
     floor_from_baseline,
     pareto_mask,
@@ -37,6 +38,7 @@ from emodis_ray.tune_trial import (
     TRIAL_FILE,
     TrialSetup,
     probe_val_leakage,
+    release_trial,
     run_trial,
     val_chances,
 )
@@ -96,9 +98,11 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
         wanted = (len(grid_points) if grid_points is not None else trials) - done
         if wanted > 0 and not interrupted and not (grid_points is not None and rounds):
             name = "search" if not rounds else f"search-{len(rounds) + 1}"
-            say(f"round {name}: {wanted} trial(s), {concurrency} at a time"
-                + ("" if grid_points is not None or multi_objective else ", ASHA on the online leakage estimate")
-                + (" (multi-objective: FIFO, ASHA takes one metric only)" if multi_objective else ""))
+            stopping = ("no early stopping (a grid)" if grid_points is not None
+                        else "no early stopping (multi-objective: ASHA ranks by one metric only)" if multi_objective
+                        else "no early stopping (fewer than 3 epochs)" if asha_schedule(base.train.epochs) is None
+                        else "ASHA on the online leakage estimate")
+            say(f"round {name}: {wanted} trial(s), {concurrency} at a time, {stopping}")
             tuner = _tuner(trainable, space, out, name, base, wanted, done, seed, multi_objective, grid_points,
                            concurrency, first=not rounds, callbacks=[_Progress(progress, out / "runs"), *callbacks])
             rounds.append({"name": name, "num_samples": wanted})  # the Tuner has written its state: restorable
@@ -215,15 +219,16 @@ def _tuner(trainable: Any, space: Space, out: Path, name: str, cfg: Config, n: i
     sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=max(2, min(10, (done + n) // 3)))
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
     metric, mode = (["emo_f1", "leakage"], ["max", "min"]) if multi_objective else ("objective", "min")
-    start = list(space.start) if first and space.start else None
+    # Tune wants every parameter in a start point: the ones a point leaves out take their range's middle.
+    start = [{**{k: p.grid(1)[0] for k, p in space.params.items()}, **pt} for pt in space.start] if first else []
     searcher = OptunaSearch(space.optuna_space(), metric=metric, mode=mode, sampler=sampler, storage=storage,
-                            study_name=space.study, points_to_evaluate=start)
-    if multi_objective:
+                            study_name=space.study, points_to_evaluate=start or None)
+    asha = asha_schedule(cfg.train.epochs)
+    if multi_objective or asha is None:
         scheduler: Any = FIFOScheduler()  # ASHA ranks trials by one metric; two objectives have no single order
     else:  # 4. ASHA on the online objective (aux-head leakage + F1 shortfall) reported every epoch
-        epochs = cfg.train.epochs
-        scheduler = ASHAScheduler(time_attr="epochs_done", metric="online_objective", mode="min", max_t=epochs,
-                                  grace_period=max(1, epochs // 4), reduction_factor=2, stop_last_trials=False)
+        scheduler = ASHAScheduler(time_attr="epochs_done", metric="online_objective", mode="min", max_t=asha[1],
+                                  grace_period=asha[0], reduction_factor=2, stop_last_trials=False)
     return tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=n, max_concurrent_trials=concurrency,
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
@@ -237,7 +242,7 @@ def _unfinished(path: Path, num_samples: int) -> bool:
 
 
 class _Progress(tune.Callback):
-    """One line per trial event on the driver."""
+    """One line per trial event on the driver; releases what a stopped or failed trial's Train run left."""
 
     def __init__(self, progress: bool, runs: Path) -> None:
         self.progress, self.runs = progress, runs  # no function attribute: the Tuner pickles its callbacks
@@ -251,15 +256,18 @@ class _Progress(tune.Callback):
         self.say(f"  trial {trial.trial_id} started: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        released = release_trial(self.runs / trial.trial_id)  # an early-stopped trial's Train workers
         r = trial.last_result or {}
         if r.get("probed"):
             self.say(f"  trial {trial.trial_id} done: val emotion F1 {r['val_emo_f1']:.3f}, val leakage "
                      f"{r['val_leakage']:.3f}, {'feasible' if r['feasible'] else 'INFEASIBLE'} ({r['trial_s']:.0f} s)")
         else:
             self.say(f"  trial {trial.trial_id} stopped early at epoch {int(r.get('epochs_done', 0))} "
-                     f"(online objective {r.get('online_objective', float('nan')):.3f})")
+                     f"(online objective {r.get('online_objective', float('nan')):.3f})"
+                     + (f"; released {released} placement group(s)" if released else ""))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        release_trial(self.runs / trial.trial_id)
         self.say(f"  trial {trial.trial_id} FAILED: {_error(self.runs / trial.trial_id, trial)}")
 
 
@@ -332,7 +340,9 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], space: Space, floor: fl
             "objective", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "val_spk_acc", "online_leakage",
             "epochs_done", "trial_s", "seed", "run", "error"]
     pd.DataFrame(rows, columns=cols).to_csv(out / "trials.csv", index=False)
-    plot_pareto(rows, floor, best, baseline, out / "pareto.png", title=f"{space.study}: {len(rows)} trials")
+    others = len(rows) - sum(r["status"] == "completed" for r in rows)
+    plot_pareto(rows, floor, best, baseline, out / "pareto.png", title=f"{space.study}: {len(rows)} trials"
+                + (f" ({others} failed, stopped early or unfinished: not shown)" if others else ""))
     best_file = out / "best.yaml"
     if best is not None:
         text = Path(best["run"], "config.yaml").read_text()
@@ -366,8 +376,8 @@ def plot_pareto(rows: list[dict[str, Any]], floor: float, best: dict[str, Any] |
             ax.scatter([r["val_emo_f1"] for r in pts], [r["val_leakage"] for r in pts], s=36, **style)
     front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["val_emo_f1"])
     if front:
-        ax.step([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], where="post", color="tab:gray",
-                lw=1, ls="--", label="Pareto front")
+        ax.plot([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], drawstyle="steps-post",
+                color="tab:gray", lw=1, ls="--", marker="o", ms=12, mfc="none", label="Pareto front")
     ax.axvline(floor, color="tab:orange", lw=1, label=f"F1 floor {floor:.3f}")
     if best is not None:
         ax.scatter([best["val_emo_f1"]], [best["val_leakage"]], marker="*", s=260, facecolor="none",

@@ -28,6 +28,7 @@ from emodis_ray.stats import chance_levels, leakage
 from emodis_ray.tune import PENALTY, apply_params, is_feasible, objective_value
 
 TRIAL_FILE, RESULT_FILE, ERROR_FILE = "trial.json", "result.json", "error.txt"
+PG_FILE = "placement_groups.txt"  # the Train run's placement groups, for release_trial()
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,50 @@ class _TuneReport(TuneReportCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         row = {**metrics[0], **online_metrics(metrics[0], self.floor, self.chances)}
         super().after_report(run_context, [row, *metrics[1:]], checkpoint)
+
+
+def _placement_group_recorder(path: Path) -> list[Any]:
+    """A Ray Train callback that writes the worker group's placement group id to ``path`` (one per start).
+
+    Why: when Tune stops a trial early (ASHA) it kills the trial's actor; the Train controller dies with it,
+    but the workers' placement group belongs to the job and outlives them. Ray Train's own cleaner finds dead
+    controllers through the State API, which needs the dashboard and exactly one Ray instance on the machine
+    (two local clusters: it fails); without it the CPUs stay reserved and the next trial hangs. The driver
+    removes the recorded groups when the trial ends (:func:`release_trial`). Uses a Train-internal callback
+    type (passed through ``RunConfig.callbacks``); on another Ray version nothing is recorded."""
+    try:
+        from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    except ImportError:
+        return []
+
+    class RecordPlacementGroup(WorkerGroupCallback):  # type: ignore[misc]
+        def after_worker_group_start(self, worker_group: Any) -> None:
+            try:
+                pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+                with open(path, "a") as f:
+                    f.write(pg.id.hex() + "\n")
+            except Exception:  # noqa: BLE001 - bookkeeping must never fail a training run
+                pass
+
+    return [RecordPlacementGroup()]
+
+
+def release_trial(run: Path) -> int:
+    """Remove the placement groups a trial's Train run left behind (see :func:`_placement_group_recorder`);
+    returns how many were still there. Safe on a finished run: Train removed them already."""
+    f = run / PG_FILE
+    if not f.exists():
+        return 0
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    removed = 0
+    for pg_id in dict.fromkeys(f.read_text().split()):
+        pg = PlacementGroup(PlacementGroupID.from_hex(pg_id))
+        if placement_group_table(pg).get("state", "REMOVED") != "REMOVED":
+            remove_placement_group(pg)
+            removed += 1
+    return removed
 
 
 def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> dict[str, float]:
@@ -115,7 +160,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         cfg.save(run / "config.yaml")
         # 2. Ray Train under Tune: every epoch's report goes on to Tune (ASHA may stop the trial here).
         res = fit(Path(setup.manifest), run, cfg, progress=False,
-                  callbacks=[_TuneReport(setup.floor, setup.val_chances)])
+                  callbacks=[_TuneReport(setup.floor, setup.val_chances), *_placement_group_recorder(run / PG_FILE)])
         t_fit = time.time()
         # 3. The probe-based validation leakage of the final model.
         probe = probe_val_leakage(run, cfg, Path(setup.manifest), setup.probe_seed)

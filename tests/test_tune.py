@@ -2,7 +2,8 @@
 
 The Ray tests share one two-CPU cluster and one tiny data set with its feature cache. Each trial pays Ray
 Train's start-up (about 20 s here), so the searches are small: 4 trials (one made to crash) after an MTL
-baseline, and a 2-trial search that is interrupted, resumed and then extended by one trial.
+baseline, with ASHA on (3 epochs), and a 2-trial search that is interrupted, resumed and then extended by
+one trial.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from emodis_ray.tune import (
     SearchResult,
     SpaceError,
     apply_params,
+    asha_schedule,
     choose_best,
     floor_from_baseline,
     is_feasible,
@@ -35,6 +38,7 @@ from emodis_ray.tune import (
     objective_value,
     pareto_mask,
     run_search,
+    trial_concurrency,
 )
 
 SPACES = sorted((Path(__file__).parent.parent / "tune_spaces").glob("*.yaml"))
@@ -144,6 +148,34 @@ def test_feasibility_rule() -> None:
     assert pareto_mask([0.5, 0.7], [0.1, 0.3]) == [True, True]
 
 
+def test_trial_concurrency_leaves_a_cpu_per_trial_for_ray_data() -> None:
+    tiny = load_config("tiny")
+    assert trial_concurrency(tiny, cpus=2) == 1  # 1 worker + 1 CPU for Ray Data (DESIGN §9)
+    assert trial_concurrency(tiny, cpus=16) == 8
+    assert trial_concurrency(replace(tiny, train={"workers": 2}), cpus=16) == 5
+    assert trial_concurrency(replace(tiny, train={"workers": 2, "use_gpu": True}), cpus=64, gpus=4) == 2
+    assert trial_concurrency(replace(tiny, train={"workers": 4}), cpus=2) == 1
+
+
+def test_online_metrics_are_provisional() -> None:
+    from emodis_ray.tune_trial import online_metrics
+
+    row = {"epoch": 2, "val_emo_f1": 0.40, "val_aux_emo_f1": 0.60, "val_aux_spk_acc": 0.55}
+    m = online_metrics(row, floor=0.50, chances=(0.2, 0.1))
+    leak = ((0.60 - 0.2) / 0.8 + (0.55 - 0.1) / 0.9) / 2
+    assert m["online_leakage"] == pytest.approx(leak) and m["epochs_done"] == 3 and m["probed"] == 0
+    assert m["online_objective"] == pytest.approx(leak + 0.10)  # plus the F1 shortfall below the floor
+    assert m["objective"] >= PENALTY  # never better than a probed feasible trial
+    assert online_metrics({"epoch": 0}, 0.5, (0.2, 0.1))["online_leakage"] == 1.0  # no aux figures: worst
+
+
+def test_asha_never_stops_at_the_last_epoch() -> None:
+    assert asha_schedule(2) is None
+    for epochs in range(3, 40):
+        grace, max_t = asha_schedule(epochs)
+        assert 1 <= grace <= max_t < epochs
+
+
 # --- real searches -----------------------------------------------------------------------------------------
 
 
@@ -185,6 +217,7 @@ def search4(data: tuple[Path, Config], tmp_path_factory: pytest.TempPathFactory)
     manifest, cfg = data
     root = tmp_path_factory.mktemp("search4")
     (root / "space.yaml").write_text(SPACE)
+    cfg = replace(cfg, train={"epochs": 3})  # 3 epochs: ASHA is on (a rung at epoch 1)
     return run_search(load_space(root / "space.yaml"), manifest, root / "out", cfg, 4, seed=3, progress=False)
 
 
@@ -198,7 +231,7 @@ def test_search_picks_lowest_feasible_leakage(search4: SearchResult) -> None:
     base = json.loads((out / "baseline" / "metrics.json").read_text())[-1]
     assert search4.floor == pytest.approx(base["val_emo_f1"] - 0.02)
     done = df[df["status"] == "completed"]
-    assert len(done) >= 2
+    assert len(done) >= 1 and len(done) + (df["status"] == "stopped").sum() == 3
     assert (done["feasible"] == (done["val_emo_f1"] >= search4.floor)).all()
     feasible = done[done["feasible"]]
     if len(feasible):
@@ -219,12 +252,33 @@ def test_search_picks_lowest_feasible_leakage(search4: SearchResult) -> None:
 
 @pytest.mark.ray
 @pytest.mark.timeout(60)
+def test_early_stopped_trials_release_their_workers(search4: SearchResult) -> None:
+    """An ASHA-stopped trial's Train workers are gone and their CPUs free (else the next trial would hang)."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table
+
+    df = pd.read_csv(search4.out / "trials.csv")
+    recorded = [Path(run, "placement_groups.txt") for run in df["run"]]
+    assert any(f.exists() for f in recorded)
+    for pg_id in (pg for f in recorded if f.exists() for pg in f.read_text().split()):
+        assert placement_group_table(PlacementGroup(PlacementGroupID.from_hex(pg_id)))["state"] == "REMOVED"
+    for _ in range(20):  # removal is asynchronous
+        if ray.available_resources().get("CPU", 0) == 2.0:
+            break
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 2.0
+    stopped = df[df["status"] == "stopped"]
+    assert (stopped["epochs_done"] < 3).all()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60)
 def test_crashing_trial_does_not_stop_the_search(search4: SearchResult) -> None:
     df = pd.read_csv(search4.out / "trials.csv")
     failed = df[df["status"] == "error"]
     assert len(failed) >= 1 and (failed["optim.lr"] == -1.0).all()
     assert all("learning rate" in e.lower() or "lr" in e.lower() for e in failed["error"]), failed["error"].tolist()
-    assert (df["status"] == "completed").sum() >= 2  # trials after the crash ran
+    assert (df["status"] != "error").sum() == 3  # trials after the crash ran
     assert df.iloc[0]["optim.lr"] == -1.0  # the enqueued start point ran first
     assert not failed["feasible"].any()
 

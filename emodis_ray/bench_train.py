@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,7 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
 
     from emodis_ray.config import load_config
     from emodis_ray.data import preprocess
-    from emodis_ray.manifest import read_manifest, write_manifest
-    from emodis_ray.sources import emovox_manifest
-    from emodis_ray.synth import generate
+    from emodis_ray.manifest import read_manifest
 
     say = print if progress else (lambda *a, **k: None)
     cfg = cfg or load_config("tiny")
@@ -143,14 +142,7 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         if manifest is None:
-            data = work / "data"
-            if not (data / "senet50-ferplus-logits.mat").exists():
-                say(f"writing a synthetic set of {cfg.synth.people} x {cfg.synth.clips_per_person} clips ...")
-                generate(data, cfg.synth, progress=progress)
-            df, _ = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv", data / "videos",
-                                    cfg.labels)
-            manifest = work / "manifest.parquet"
-            write_manifest(df, manifest)
+            manifest = synthetic_manifest(work, cfg, say, progress)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else work / "cache"
         say("feature cache ...")
         info = preprocess(manifest, cache_dir, cfg, progress=progress)
@@ -186,3 +178,18 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
 
 def write_json(res: TrainBench, path: Path) -> None:
     Path(path).write_text(json.dumps(asdict(res), indent=1))
+
+
+def synthetic_manifest(work: Path, cfg: Config, say: Callable[..., object], progress: bool) -> Path:
+    """A synthetic set under ``work/data`` (kept when already there) and its manifest."""
+    from emodis_ray.manifest import write_manifest
+    from emodis_ray.sources import emovox_manifest
+    from emodis_ray.synth import generate
+
+    data = work / "data"
+    if not (data / "senet50-ferplus-logits.mat").exists():
+        say(f"writing a synthetic set of {cfg.synth.people} x {cfg.synth.clips_per_person} clips ...")
+        generate(data, cfg.synth, progress=progress)
+    df, _ = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv", data / "videos", cfg.labels)
+    write_manifest(df, work / "manifest.parquet")
+    return work / "manifest.parquet"

@@ -81,10 +81,8 @@ def bench_tune(space_path: Path, params: list[str], cfg: Config, grid_values: in
                seed: int = 0, progress: bool = True) -> TuneBench:
     import ray
 
+    from emodis_ray.bench_train import synthetic_manifest
     from emodis_ray.data import preprocess
-    from emodis_ray.manifest import write_manifest
-    from emodis_ray.sources import emovox_manifest
-    from emodis_ray.synth import generate
     from emodis_ray.train import fit
     from emodis_ray.tune import load_space, run_search
 
@@ -99,14 +97,7 @@ def bench_tune(space_path: Path, params: list[str], cfg: Config, grid_values: in
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         if manifest is None:
-            data = work / "data"
-            if not (data / "senet50-ferplus-logits.mat").exists():
-                say(f"writing a synthetic set of {cfg.synth.people} x {cfg.synth.clips_per_person} clips ...")
-                generate(data, cfg.synth, progress=progress)
-            df, _ = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv", data / "videos",
-                                    cfg.labels)
-            manifest = work / "manifest.parquet"
-            write_manifest(df, manifest)
+            manifest = synthetic_manifest(work, cfg, say, progress)
         cache = Path(cfg.data.cache_dir or work / "cache").resolve()
         say("feature cache ...")
         preprocess(manifest, cache, cfg, progress=False)

@@ -39,6 +39,10 @@ def _add_config_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
                    help="override one config value, e.g. --set model.spk_dim=64 (repeatable)")
 
 
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+
+
 def _elapsed(t0: float) -> str:
     return f"{time.perf_counter() - t0:.1f} s"
 
@@ -163,7 +167,7 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
                     "bad_clips.csv; more than data.max_bad_fraction of them aborts.")
     p.add_argument("--manifest", required=True, help="manifest.parquet")
     p.add_argument("--out", required=True, help="cache folder (one folder can hold caches of several configs)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
@@ -221,7 +225,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="feature cache folder made by `emodis preprocess` (sets data.cache_dir)")
     p.add_argument("--storage", help="where Ray Train keeps checkpoints: a folder every node can reach (NFS) or "
                                      "an object-store URI such as s3://bucket/runs (default: OUT/checkpoints)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
@@ -373,7 +377,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--baseline", help="an MTL run folder whose last val emotion F1 sets the floor")
     p.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
     p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: from the cluster's resources)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_tune)
@@ -405,7 +409,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", help="manifest to evaluate on (default: the one the run trained on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes and the bootstrap (default: 0)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -474,7 +478,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="grid folder")
     p.add_argument("--methods", help="comma-separated subset of the methods (default: all six)")
     p.add_argument("--spk-dims", help="comma-separated speaker-embedding sizes (default: by preset)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_reproduce)
 
@@ -498,7 +502,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--videos", help="folder of .mp4 clips (a .wav/.m4a beside a clip is its audio)")
     src.add_argument("--manifest", help="a manifest.parquet")
     p.add_argument("--out", required=True, help="output .parquet")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -540,7 +544,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                     "with Ray Train, evaluate both with leakage probes and write a report (OUT/report/report.md). "
                     "A rerun keeps finished steps.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    _add_address(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_demo)
 

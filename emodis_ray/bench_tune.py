@@ -42,7 +42,10 @@ class TuneBench:
     ratios: dict[str, float] = field(default_factory=dict)
 
     def format(self) -> str:
-        b, t, g, p = self.bare, self.tuned, self.grid, self.tpe
+        nan = float("nan")
+        b, t = {"fit_s": nan, "startup_s": nan, **self.bare}, {"fit_s": nan, "startup_s": nan, "probe_s": nan,
+                                                              "tune_gap_s": nan, **self.tuned}
+        g, p = self.grid, self.tpe
         reached = p.get("trials_to_target")
         lines = [
             f"tune benchmark: {self.config}; {self.cpus} CPUs, {self.epochs} epochs per trial",
@@ -52,7 +55,7 @@ class TuneBench:
             f"{'(a) bare TorchTrainer (train.fit)':<34}{b['fit_s']:>8.1f}{b['startup_s']:>12.1f}{'-':>10}",
             f"{'(b) same config as a Tune trial':<34}{t['fit_s']:>8.1f}{t['startup_s']:>12.1f}{t['probe_s']:>10.1f}",
             "",
-            f"Tune+Train overhead per trial: fit {self.ratios['fit_ratio']:.2f}x the bare run "
+            f"Tune+Train overhead per trial: fit {self.ratios.get('fit_ratio', nan):.2f}x the bare run "
             f"({t['fit_s'] - b['fit_s']:+.1f} s), Tune's own gap between trials {t['tune_gap_s']:.1f} s",
             f"grid: {g['trials']} trials in {g['wall_s']:.0f} s; best feasible val leakage {g['best_leakage']:.4f} "
             f"(trial {g['best_trial']})",
@@ -64,8 +67,9 @@ class TuneBench:
         return "\n".join(lines)
 
 
-def _centre(space: Any) -> dict[str, Any]:
-    return {k: (vals := p.grid(3))[len(vals) // 2] for k, p in space.params.items()}
+def _centre(space: Any, n: int) -> dict[str, Any]:
+    """The grid point in the middle of each parameter's ``n`` values."""
+    return {k: (vals := p.grid(n))[len(vals) // 2] for k, p in space.params.items()}
 
 
 def trials_to_target(rows: list[dict[str, Any]], target: float) -> int | None:
@@ -102,7 +106,7 @@ def bench_tune(space_path: Path, params: list[str], cfg: Config, grid_values: in
         say("feature cache ...")
         preprocess(manifest, cache, cfg, progress=False)
         cfg = replace(cfg, data={"cache_dir": str(cache)}, train={"epochs": epochs})
-        centre = _centre(space)
+        centre = _centre(space, grid_values)
         what = (f"{space.study} space, {cfg.model.width} width, {cfg.features.face_size} px faces, "
                 f"{cfg.train.workers} worker(s)")
         res = TuneBench(config=what, cpus=cpus, epochs=epochs, params=list(params),

@@ -41,7 +41,7 @@ DISTRIBUTIONS: dict[str, tuple[set[str], set[str]]] = {  # name -> (required key
     "choice": ({"values"}, set()),
 }
 SPACE_KEYS = {"study", "description", "base", "params", "objective", "start"}
-OBJECTIVE_KEYS = {"tolerance"}
+OBJECTIVE_KEYS = {"tolerance", "f1_epochs"}
 DEFAULT_TOLERANCE = 0.02
 PENALTY = 1.0  # added to an infeasible trial's leakage in the objective told to Optuna
 
@@ -101,6 +101,7 @@ class Space:
     base: dict[str, Any]
     params: dict[str, Param]
     tolerance: float = DEFAULT_TOLERANCE
+    f1_epochs: int = 1  # emotion F1 of a run = the mean of its last f1_epochs epochs (baseline and trials alike)
     start: tuple[dict[str, Any], ...] = ()  # points evaluated first; a missing parameter takes its middle value
 
     def optuna_space(self) -> dict[str, Any]:
@@ -116,10 +117,11 @@ class Space:
         if missing:
             raise SpaceError(f"{self.path}: no parameter {', '.join(missing)} (have: {', '.join(self.params)})")
         return Space(self.path, self.study, self.description, dict(self.base), {k: self.params[k] for k in keys},
-                     self.tolerance, ())
+                     self.tolerance, self.f1_epochs, ())
 
     def digest(self) -> str:
-        d = {"base": self.base, "params": {k: asdict(p) for k, p in self.params.items()}, "tol": self.tolerance}
+        d = {"base": self.base, "params": {k: asdict(p) for k, p in self.params.items()}, "tol": self.tolerance,
+             "f1_epochs": self.f1_epochs}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -233,6 +235,9 @@ def load_space(path: str | Path, cfg: Config | None = None) -> Space:
     tol = _number(f"{path}: objective.tolerance", objective.get("tolerance", DEFAULT_TOLERANCE))
     if tol < 0:
         raise SpaceError(f"{path}: objective.tolerance must be >= 0, got {tol:g}")
+    f1_epochs = objective.get("f1_epochs", 1)
+    if isinstance(f1_epochs, bool) or not isinstance(f1_epochs, int) or f1_epochs < 1:
+        raise SpaceError(f"{path}: objective.f1_epochs must be an integer >= 1, got {f1_epochs!r}")
     start = data.get("start") or []
     if not isinstance(start, list) or not all(isinstance(s, dict) for s in start):
         raise SpaceError(f"{path}: start: expected a list of mappings of parameter values")
@@ -243,10 +248,19 @@ def load_space(path: str | Path, cfg: Config | None = None) -> Space:
             if not params[key].contains(v):
                 raise SpaceError(f"{path}: start[{i}].{key}: {v!r} lies outside the parameter's distribution")
     return Space(path=path, study=str(data.get("study") or path.stem), description=str(data.get("description", "")),
-                 base=dict(base), params=params, tolerance=tol, start=tuple(start))
+                 base=dict(base), params=params, tolerance=tol, f1_epochs=f1_epochs,
+                 start=tuple(start))
 
 
 # --- the selection rule (pure) ------------------------------------------------------------------------
+
+
+def smoothed_f1(per_epoch: Sequence[float], k: int = 1) -> float:
+    """A run's emotion F1: the mean of its last ``k`` finite per-epoch values (NaN when there are none). On a
+    small validation split one epoch's F1 swings by several points; a short mean steadies the floor and the
+    feasibility verdict."""
+    vals = [float(v) for v in per_epoch if v is not None and math.isfinite(float(v))][-max(1, k):]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def floor_from_baseline(baseline_emo_f1: float, tolerance: float) -> float:

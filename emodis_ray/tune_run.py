@@ -30,6 +30,7 @@ from emodis_ray.tune import (
     choose_best,
     floor_from_baseline,
     pareto_mask,
+    smoothed_f1,
     trial_concurrency,
 )
 from emodis_ray.tune_trial import (
@@ -73,7 +74,8 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
             _save_state(out, state)
         say(f"emotion-F1 floor {state['floor']:.3f} ({state['baseline'].get('source', 'given')})")
         setup = TrialSetup(manifest=str(manifest), manifest_hash=mh, runs_dir=str(out / "runs"), cfg=base.to_dict(),
-                           floor=float(state["floor"]), val_chances=val_chances(manifest), probe_seed=seed)
+                           floor=float(state["floor"]), val_chances=val_chances(manifest), probe_seed=seed,
+                           f1_epochs=space.f1_epochs)
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                         {"CPU": 0, "memory": TRIAL_MEMORY})
         resources = ray.cluster_resources()
@@ -152,15 +154,16 @@ def _save_state(out: Path, state: dict[str, Any]) -> None:
     tmp.replace(out / STATE_FILE)
 
 
-def baseline_f1(run: Path) -> float:
-    """The last epoch's validation emotion F1 of a training run (``metrics.json``)."""
+def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
+    """A training run's validation emotion F1 (``metrics.json``): its last epoch's, or the mean of its last
+    ``f1_epochs`` epochs."""
     f = run / "metrics.json"
     if not f.exists():
         raise FileNotFoundError(f"{run}: no metrics.json: is it a finished `emodis train` run?")
     rows = json.loads(f.read_text())
     if not rows or "val_emo_f1" not in rows[-1]:
         raise ValueError(f"{f}: no val_emo_f1 in its last epoch")
-    return float(rows[-1]["val_emo_f1"])
+    return smoothed_f1([r.get("val_emo_f1", float("nan")) for r in rows], f1_epochs)
 
 
 def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None, baseline: Path | None,
@@ -169,7 +172,7 @@ def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: f
     if floor is not None:
         return float(floor), {"source": "given"}
     if baseline is not None:
-        f1 = baseline_f1(baseline)
+        f1 = baseline_f1(baseline, space.f1_epochs)
         return floor_from_baseline(f1, space.tolerance), {"source": f"baseline {baseline}", "val_emo_f1": f1}
     from emodis_ray.train import fit
 
@@ -179,7 +182,7 @@ def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: f
     t0 = time.perf_counter()
     res = fit(manifest, run, base_cfg, progress=False)
     fit_s = time.perf_counter() - t0
-    f1 = float(res.final["val_emo_f1"])
+    f1 = smoothed_f1([r.get("val_emo_f1", float("nan")) for r in res.metrics], space.f1_epochs)
     probe = probe_val_leakage(run, base_cfg, manifest)
     info = {"source": "MTL baseline trained first", "run": str(run), "val_emo_f1": f1,
             "val_leakage": probe["val_leakage"], "fit_s": fit_s, "first_report_s": res.first_report_s}
@@ -313,7 +316,7 @@ def collect(out: Path, rounds: Sequence[dict[str, Any]], space: Space) -> list[d
             params = t.config
             row: dict[str, Any] = {"trial_id": t.trial_id, "round": rnd["name"], "status": status,
                                    **{k: params.get(k) for k in space.params}}
-            row |= {k: res.get(k, float("nan")) for k in ("val_emo_f1", "val_leakage", "val_spk_acc",
+            row |= {k: res.get(k, float("nan")) for k in ("val_emo_f1", "val_emo_f1_last", "val_leakage", "val_spk_acc",
                                                           "probe_emo_from_spk_f1", "probe_spk_from_emo_acc")}
             row |= {"feasible": bool(res.get("feasible", 0.0)), "objective": res.get("objective", float("nan")),
                     "online_leakage": last.get("online_leakage", float("nan")),
@@ -337,6 +340,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], space: Space, floor: fl
     """trials.csv, pareto.png, best.yaml (when a trial is feasible) and summary.json."""
     best = choose_best(rows)
     cols = ["order", "trial_id", "round", "status", *space.params, "val_emo_f1", "val_leakage", "feasible", "pareto",
+            "val_emo_f1_last",
             "objective", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "val_spk_acc", "online_leakage",
             "epochs_done", "trial_s", "seed", "run", "error"]
     pd.DataFrame(rows, columns=cols).to_csv(out / "trials.csv", index=False)
@@ -376,7 +380,7 @@ def plot_pareto(rows: list[dict[str, Any]], floor: float, best: dict[str, Any] |
             ax.scatter([r["val_emo_f1"] for r in pts], [r["val_leakage"] for r in pts], s=36, **style)
     front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["val_emo_f1"])
     if front:
-        ax.plot([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], drawstyle="steps-post",
+        ax.plot([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], drawstyle="steps-pre",
                 color="tab:gray", lw=1, ls="--", marker="o", ms=12, mfc="none", label="Pareto front")
     ax.axvline(floor, color="tab:orange", lw=1, label=f"F1 floor {floor:.3f}")
     if best is not None:

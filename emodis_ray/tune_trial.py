@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from emodis_ray.config import Config, replace
 from emodis_ray.stats import chance_levels, leakage
-from emodis_ray.tune import PENALTY, apply_params, is_feasible, objective_value
+from emodis_ray.tune import PENALTY, apply_params, is_feasible, objective_value, smoothed_f1
 
 TRIAL_FILE, RESULT_FILE, ERROR_FILE = "trial.json", "result.json", "error.txt"
 PG_FILE = "placement_groups.txt"  # the Train run's placement groups, for release_trial()
@@ -42,14 +42,17 @@ class TrialSetup:
     floor: float
     val_chances: tuple[float, float]  # (emotion macro-F1, identity accuracy) of the majority class on val
     probe_seed: int = 0
+    f1_epochs: int = 1  # a run's emotion F1: the mean of its last f1_epochs epochs
 
     def config(self, params: dict[str, Any]) -> Config:
         return apply_params(replace(Config(), **self.cfg), params)
 
 
-def online_metrics(row: dict[str, Any], floor: float, chances: tuple[float, float]) -> dict[str, float]:
-    """Per-epoch figures for the scheduler and the searcher, from the aux heads (no probes yet)."""
-    f1 = float(row.get("val_emo_f1", float("nan")))
+def online_metrics(row: dict[str, Any], floor: float, chances: tuple[float, float],
+                   f1: float | None = None) -> dict[str, float]:
+    """Per-epoch figures for the scheduler and the searcher, from the aux heads (no probes yet). ``f1``: the
+    emotion F1 to use (e.g. smoothed over recent epochs); default: this epoch's."""
+    f1 = float(row.get("val_emo_f1", float("nan"))) if f1 is None else float(f1)
     aux_emo, aux_spk = float(row.get("val_aux_emo_f1", float("nan"))), float(row.get("val_aux_spk_acc", float("nan")))
     online = leakage(aux_emo, aux_spk, chances).score if math.isfinite(aux_emo) and math.isfinite(aux_spk) else 1.0
     f1_ok = f1 if math.isfinite(f1) else 0.0
@@ -62,12 +65,15 @@ def online_metrics(row: dict[str, Any], floor: float, chances: tuple[float, floa
 class _TuneReport(TuneReportCallback):
     """``TuneReportCallback`` with the online figures added to every epoch's report."""
 
-    def __init__(self, floor: float, chances: tuple[float, float]) -> None:
+    def __init__(self, floor: float, chances: tuple[float, float], f1_epochs: int = 1) -> None:
         super().__init__()
-        self.floor, self.chances = floor, chances
+        self.floor, self.chances, self.f1_epochs = floor, chances, f1_epochs
+        self.f1s: dict[int, float] = {}  # epoch -> val emotion F1 (a re-run epoch replaces its value)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        row = {**metrics[0], **online_metrics(metrics[0], self.floor, self.chances)}
+        self.f1s[int(metrics[0].get("epoch", -1))] = float(metrics[0].get("val_emo_f1", float("nan")))
+        f1 = smoothed_f1([self.f1s[e] for e in sorted(self.f1s)], self.f1_epochs)
+        row = {**metrics[0], **online_metrics(metrics[0], self.floor, self.chances, f1)}
         super().after_report(run_context, [row, *metrics[1:]], checkpoint)
 
 
@@ -160,15 +166,17 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         cfg.save(run / "config.yaml")
         # 2. Ray Train under Tune: every epoch's report goes on to Tune (ASHA may stop the trial here).
         res = fit(Path(setup.manifest), run, cfg, progress=False,
-                  callbacks=[_TuneReport(setup.floor, setup.val_chances), *_placement_group_recorder(run / PG_FILE)])
+                  callbacks=[_TuneReport(setup.floor, setup.val_chances, setup.f1_epochs),
+                             *_placement_group_recorder(run / PG_FILE)])
         t_fit = time.time()
         # 3. The probe-based validation leakage of the final model.
         probe = probe_val_leakage(run, cfg, Path(setup.manifest), setup.probe_seed)
         last = res.final
-        f1 = float(last.get("val_emo_f1", float("nan")))
+        f1 = smoothed_f1([r.get("val_emo_f1", float("nan")) for r in res.metrics], setup.f1_epochs)
         feasible = is_feasible(f1, probe["val_leakage"], setup.floor)
-        final = {**online_metrics(last, setup.floor, setup.val_chances), **probe,
-                 "val_emo_f1": f1, "emo_f1": f1 if math.isfinite(f1) else 0.0, "leakage": probe["val_leakage"],
+        final = {**online_metrics(last, setup.floor, setup.val_chances, f1), **probe,
+                 "val_emo_f1": f1, "val_emo_f1_last": float(last.get("val_emo_f1", float("nan"))),
+                 "emo_f1": f1 if math.isfinite(f1) else 0.0, "leakage": probe["val_leakage"],
                  "val_spk_acc": float(last.get("val_spk_acc", float("nan"))),
                  "feasible": float(feasible), "objective": objective_value(probe["val_leakage"], feasible),
                  "probed": 1.0, "epochs_done": float(cfg.train.epochs), "floor": setup.floor,

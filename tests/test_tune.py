@@ -38,6 +38,7 @@ from emodis_ray.tune import (
     objective_value,
     pareto_mask,
     run_search,
+    smoothed_f1,
     trial_concurrency,
 )
 
@@ -90,6 +91,7 @@ GOOD = "study: t\nbase: {method.name: gr}\nparams:\n  method.grl_lambda: {dist: 
     (GOOD + "start: [{optim.lr: 0.1}]\n", "start[0].optim.lr", "not a parameter"),
     (GOOD + "objective: {tolerance: -1}\n", "objective.tolerance", ">= 0"),
     (GOOD + "objective: {floor: 0.3}\n", "objective", "unknown key floor"),
+    (GOOD + "objective: {f1_epochs: 0}\n", "objective.f1_epochs", "integer >= 1"),
     ("study: t\n", "params", "empty"),
 ])
 def test_space_errors_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
@@ -167,6 +169,31 @@ def test_online_metrics_are_provisional() -> None:
     assert m["online_objective"] == pytest.approx(leak + 0.10)  # plus the F1 shortfall below the floor
     assert m["objective"] >= PENALTY  # never better than a probed feasible trial
     assert online_metrics({"epoch": 0}, 0.5, (0.2, 0.1))["online_leakage"] == 1.0  # no aux figures: worst
+
+
+def test_smoothed_f1() -> None:
+    assert smoothed_f1([0.1, 0.2, 0.6], 1) == pytest.approx(0.6)
+    assert smoothed_f1([0.1, 0.2, 0.6], 2) == pytest.approx(0.4)
+    assert smoothed_f1([0.3, float("nan"), 0.5], 3) == pytest.approx(0.4)  # NaN epochs are skipped
+    assert smoothed_f1([0.5], 3) == pytest.approx(0.5) and math.isnan(smoothed_f1([], 3))
+
+
+def test_bench_tune_trials_to_target_and_report() -> None:
+    from emodis_ray.bench_tune import TuneBench, trials_to_target
+
+    rows = [{"status": "completed", "feasible": True, "val_leakage": 0.30},
+            {"status": "stopped", "feasible": False, "val_leakage": float("nan")},
+            {"status": "completed", "feasible": False, "val_leakage": 0.05},  # below the floor: does not count
+            {"status": "completed", "feasible": True, "val_leakage": 0.21}]
+    assert trials_to_target(rows, 0.22) == 4 and trials_to_target(rows, 0.30) == 1
+    assert trials_to_target(rows, 0.1) is None
+    res = TuneBench(config="x", cpus=2, epochs=3, params=["a", "b"], grid_size=9, tpe_trials=4, floor=0.0,
+                    bare={"fit_s": 30.0, "startup_s": 20.0},
+                    grid={"trials": 9, "wall_s": 300.0, "best_leakage": 0.2, "best_trial": "t"},
+                    tpe={"trials": 4, "wall_s": 100.0, "stopped": 1, "target": 0.22, "trials_to_target": 4,
+                         "leakage_by_trial": [0.3, None, 0.05, 0.21]})
+    text = res.format()  # a missing figure prints as nan instead of failing
+    assert "trials to reach <= 0.2200" in text and "4 (target <= 3)" in text and "nan" in text
 
 
 def test_asha_never_stops_at_the_last_epoch() -> None:

@@ -315,7 +315,7 @@ def _add_bench_tune(bsub: argparse._SubParsersAction) -> None:
                     "parameters of a space under Tune (the same trial function as `emodis tune`), (c) an Optuna TPE "
                     "search with ASHA over the same two parameters. Prints each trial's fit time over (a), start-up "
                     "seconds, Tune's gap between trials, and how many TPE trials reach a validation leakage within "
-                    "10%% of the grid's best feasible one (target: a third of the grid's size or fewer). About "
+                    "10% of the grid's best feasible one (target: a third of the grid's size or fewer). About "
                     "15 minutes on two CPUs with the defaults.")
     b.add_argument("--space", default="tune_spaces/gr.yaml", help="search space (default: tune_spaces/gr.yaml)")
     b.add_argument("--params", default="method.grl_lambda,method.w_spk_aux",
@@ -403,7 +403,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description="For each RUN: embeddings of train/val/test from the frozen model (Ray Data batch inference), "
                     "one-hidden-layer MLP probes (emotion macro-F1 from the speaker embedding, identity accuracy "
                     "from the emotion embedding; trained on train, early-stopped on val, scored on test), chance "
-                    "levels from the test priors, the leakage score, bootstrap 95%% intervals and the emotion "
+                    "levels from the test priors, the leakage score, bootstrap 95% intervals and the emotion "
                     "confusion matrix. Writes RUN/evaluation.json, evaluation.md, predictions.parquet, confusion.png.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by `emodis train`")
     p.add_argument("--manifest", help="manifest to evaluate on (default: the one the run trained on)")

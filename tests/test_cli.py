@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -10,19 +11,29 @@ import pytest
 from emodis_ray.cli import build_parser, main
 
 
-def _subcommands() -> list[str]:
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return sorted(action.choices)  # type: ignore[arg-type]
+def _subcommands() -> list[list[str]]:
+    """Every subcommand, nested ones (``bench tune``) included, as argv prefixes."""
+    found: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(build_parser(), [])
+    return found
 
 
-@pytest.mark.parametrize("command", _subcommands())
-def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", _subcommands(), ids=" ".join)
+def test_every_subcommand_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        main([command, "--help"])
+        main([*command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert f"emodis {command}" in out and len(out) > 200
+    assert f"emodis {' '.join(command)}" in out and len(out) > 200
+    assert "%%" not in out  # a literal percent sign in a description is written once
 
 
 def test_console_script_runs() -> None:

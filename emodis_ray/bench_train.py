@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,11 +65,11 @@ def pure_loop(cache_root: Path, cfg: Config, num_speakers: int, workdir: Path,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from emodis_ray.engine import predict, save_checkpoint, seed_everything, train_epoch
+    from emodis_ray.engine import predict, recompute_bn_stats, save_checkpoint, seed_everything, train_epoch
     from emodis_ray.methods import build_method, build_schedulers
     from emodis_ray.model import build_model
     from emodis_ray.shards import collate
-    from emodis_ray.train import model_kwargs_of
+    from emodis_ray.train import keep_last, model_kwargs_of
 
     table = pa.concat_tables([pq.read_table(p) for p in sorted(cache_root.glob("shard-*.parquet"))])
     cols = table.to_pydict()
@@ -90,9 +91,11 @@ def pure_loop(cache_root: Path, cfg: Config, num_speakers: int, workdir: Path,
     train_s, epoch_s, clips = [], [], 0.0
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
-        logs = train_epoch(model, batches("train", True, epoch), method, opt, epoch, cfg.train.epochs, "cpu",
-                           contextlib.nullcontext(), log_every=0)
+        last: deque[Any] = deque(maxlen=cfg.train.precise_bn_batches)
+        logs = train_epoch(model, keep_last(batches("train", True, epoch), last), method, opt, epoch,
+                           cfg.train.epochs, "cpu", contextlib.nullcontext(), log_every=0)
         sched.step()
+        recompute_bn_stats(model, last, "cpu")
         predict(model, batches("val", False, epoch), "cpu")
         save_checkpoint(workdir / "pure.pt", model, opt, sched, epoch)
         train_s.append(logs["epoch_time_s"])

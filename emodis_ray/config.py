@@ -133,6 +133,7 @@ class TrainConfig:
     seed: int = 0
     max_failures: int = 2
     fail_at_epoch: int = -1  # fault injection: a worker dies once at the start of this epoch (-1: off)
+    precise_bn_batches: int = 8  # BatchNorm statistics recomputed after each epoch over its last N batches (0: off)
 
 
 @dataclass(frozen=True)

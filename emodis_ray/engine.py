@@ -108,6 +108,43 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], method: M
 
 
 @torch.no_grad()
+def recompute_bn_stats(model: nn.Module, batches: Iterable[Mapping[str, Any]], device: torch.device | str,
+                       autocast: AbstractContextManager[Any] | None = None) -> int:
+    """Precise BatchNorm: replace every BatchNorm's running mean and variance by their plain average over
+    ``batches`` under the current weights (the running averages lag weights that move fast, and eval-mode
+    predictions then swing from epoch to epoch). Only BatchNorm layers run in train mode; dropout stays off
+    and no RNG is drawn, so the result is deterministic. Under ``torch.distributed`` the statistics are then
+    averaged over the workers, so every rank evaluates and saves the same model. Returns the batches used."""
+    bns = [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns:
+        return 0
+    was_training, momenta = model.training, [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: an equal-weight mean over the batches
+        bn.train()
+    autocast = autocast or contextlib.nullcontext()
+    n = 0
+    for raw in batches:
+        b = to_device(raw, device)
+        with autocast:
+            model(b["audio"], b["faces"], b["mask"])
+        n += 1
+    for bn, m in zip(bns, momenta, strict=True):
+        bn.momentum = m
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        for bn in bns:
+            for buf in (bn.running_mean, bn.running_var):
+                torch.distributed.all_reduce(buf)
+                buf.div_(world)
+    model.train(was_training)
+    return n
+
+
+@torch.no_grad()
 def predict(model: nn.Module, loader: Iterable[Mapping[str, Any]], device: torch.device | str,
             autocast: AbstractContextManager[Any] | None = None,
             embeddings: bool = False) -> dict[str, np.ndarray]:

@@ -40,10 +40,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -59,6 +60,7 @@ from emodis_ray.engine import (
     load_checkpoint,
     metrics,
     predict,
+    recompute_bn_stats,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -71,6 +73,7 @@ from emodis_ray.model import MultitaskModel, build_model, unwrap
 from emodis_ray.shards import collate
 
 CHECKPOINT_FILE = "checkpoint.pt"
+T = TypeVar("T")
 SHUFFLE_ROWS = 256  # local shuffle buffer per worker, in clips (~4 MB each at the paper's 12 s / 224 px)
 
 
@@ -126,11 +129,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          for b in train_shard.iter_batches(batch_size=bs, batch_format="numpy",
                                                            local_shuffle_buffer_size=SHUFFLE_ROWS,
                                                            local_shuffle_seed=seed + epoch))
-        logs = train_epoch(model, train_batches, method, optimizers, epoch, cfg.train.epochs, device, autocast,
-                           log_every=0, steps_per_epoch=config.get("steps_per_epoch"),
+        last = deque(maxlen=cfg.train.precise_bn_batches)  # the epoch's last batches, for precise BatchNorm
+        logs = train_epoch(model, keep_last(train_batches, last), method, optimizers, epoch, cfg.train.epochs,
+                           device, autocast, log_every=0, steps_per_epoch=config.get("steps_per_epoch"),
                            on_step=lambda step_s, wait_s: record_step(step_s, wait_s, run=config.get("run")))
         lrs = {"lr": optimizers.main.param_groups[0]["lr"], "aux_lr": optimizers.aux.param_groups[0]["lr"]}
         schedulers.step()
+        # BatchNorm statistics of the final weights (the running averages lag them), averaged over workers.
+        recompute_bn_stats(unwrap(model), last, device, autocast)
 
         # Validation on this worker's rows with the plain model (no DDP collectives per batch),
         # then every worker's predictions gathered, so the metrics cover the whole validation set.
@@ -160,6 +166,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, model, optimizers, schedulers, epoch, extra)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"{config.get('tag', '')}epoch_{epoch:04d}")
+
+
+def keep_last(batches: Iterable[T], last: deque[T]) -> Iterator[T]:
+    """Yield ``batches`` unchanged, keeping the most recent ones in ``last`` (a bounded deque)."""
+    for b in batches:
+        if last.maxlen:
+            last.append(b)
+        yield b
 
 
 def _quiet_report_log() -> None:

@@ -11,6 +11,7 @@ from emodis_ray.engine import (
     evaluate,
     load_checkpoint,
     predict,
+    recompute_bn_stats,
     save_checkpoint,
     seed_everything,
     train_epoch,
@@ -127,3 +128,34 @@ def test_autocast_context_and_seeding():
     seed_everything(7)
     assert torch.equal(a[0], torch.rand(2)) and np.array_equal(a[1], np.random.rand(2))
     assert a[2] == random.random()
+
+
+def test_precise_bn_sets_the_statistics_of_the_current_weights():
+    """After recompute_bn_stats a BatchNorm's running mean is the mean of its inputs over the batches under
+    the current weights (not the lagging average of training), its momentum is back, nothing else moved."""
+    seed_everything(0)
+    data = learnable_batches(n_batches=3, b=8)
+    model = tiny_model(speakers=4, dropout=0.5)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():  # stale statistics, as after fast-moving weights
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    seen: list[torch.Tensor] = []
+    hook = bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    model.train()
+    rng = torch.get_rng_state()
+    assert recompute_bn_stats(model, data, CPU) == 3
+    hook.remove()
+    # each batch's per-channel mean over (N, H, W), averaged with equal weights over the batches
+    want = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)
+    torch.testing.assert_close(bn.running_mean, want, rtol=1e-5, atol=1e-6)
+    want_var = torch.stack([x.transpose(0, 1).flatten(1).var(1, unbiased=True) for x in seen]).mean(0)
+    torch.testing.assert_close(bn.running_var, want_var, rtol=1e-4, atol=1e-6)
+    assert bn.momentum == 0.1 and model.training  # restored
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout stayed off: no random numbers drawn
+    assert all(torch.equal(v, params[k]) for k, v in model.named_parameters())
+    # deterministic: the same batches give the same statistics
+    first = bn.running_mean.clone()
+    recompute_bn_stats(model, data, CPU)
+    assert torch.equal(bn.running_mean, first)

@@ -98,7 +98,8 @@ def bench_tune(space_path: Path, params: list[str], cfg: Config, grid_values: in
     cpus = os.cpu_count() or 1
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # the dashboard serves the State API that Ray Train's cleaner needs to let go of ASHA-stopped trials
+        ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         if manifest is None:
             manifest = synthetic_manifest(work, cfg, say, progress)

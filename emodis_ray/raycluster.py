@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None,
-                dashboard: bool = False) -> Iterator[None]:
+                dashboard: bool | None = None) -> Iterator[None]:
     """Use the running Ray, or connect to ``address``/``RAY_ADDRESS``, or start a local cluster.
 
-    Only a cluster started here is shut down on exit.
+    A local cluster gets the dashboard on 127.0.0.1 (its URL is printed) unless ``dashboard`` is False or
+    ``EMODIS_DASHBOARD=0``. Besides letting you watch the run, the dashboard serves the State API, which Ray
+    Train's placement-group cleaner polls: without it every Train run's cleaner logs a warning every few
+    seconds, and the cleaners of runs that Tune stops early never exit. Only a cluster started here is shut
+    down on exit.
     """
     import ray
 
@@ -26,7 +31,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         use_token_if_available()
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+        if dashboard is None:
+            dashboard = os.environ.get("EMODIS_DASHBOARD", "1") != "0"
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        if dashboard and getattr(ctx, "dashboard_url", None):
+            print(f"Ray dashboard: http://{ctx.dashboard_url}", file=sys.stderr, flush=True)
     try:
         yield
     finally:

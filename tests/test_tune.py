@@ -208,7 +208,8 @@ def test_asha_never_stops_at_the_last_epoch() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # with the dashboard, as `emodis tune` starts it: Ray Train's cleaner polls the State API it serves
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 

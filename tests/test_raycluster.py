@@ -1,0 +1,30 @@
+"""ray_session: a local cluster started by the program comes with the dashboard (and so the State API)."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from emodis_ray.raycluster import ray_session
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_local_session_serves_the_dashboard_and_state_api(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    with ray_session(num_cpus=1):
+        # Ray Train's placement-group cleaner polls this API; without it a stopped trial's cleaner never exits
+        assert len(list_nodes(timeout=60)) == 1
+        assert "Ray dashboard: http://127.0.0.1:" in capsys.readouterr().err
+    assert not ray.is_initialized()  # started here, so shut down here
+
+    monkeypatch.setenv("EMODIS_DASHBOARD", "0")
+    with ray_session(num_cpus=1):
+        with pytest.raises(RayStateApiException):
+            list_nodes(timeout=10)
+        assert "dashboard" not in capsys.readouterr().err

@@ -83,8 +83,9 @@ def _placement_group_recorder(path: Path) -> list[Any]:
     Why: when Tune stops a trial early (ASHA) it kills the trial's actor; the Train controller dies with it,
     but the workers' placement group belongs to the job and outlives them. Ray Train's own cleaner finds dead
     controllers through the State API, which needs the dashboard and exactly one Ray instance on the machine
-    (two local clusters: it fails); without it the CPUs stay reserved and the next trial hangs. The driver
-    removes the recorded groups when the trial ends (:func:`release_trial`). Uses a Train-internal callback
+    (two local clusters: it fails); without it the CPUs stay reserved and the next trial hangs. Local clusters
+    that emodis starts have the dashboard, but a cluster may not, so the driver also removes the recorded
+    groups when the trial ends (:func:`release_trial`). Uses a Train-internal callback
     type (passed through ``RunConfig.callbacks``); on another Ray version nothing is recorded."""
     try:
         from ray.train.v2._internal.execution.callback import WorkerGroupCallback

@@ -135,6 +135,11 @@ class TrainConfig:
     fail_at_epoch: int = -1  # fault injection: a worker dies once at the start of this epoch (-1: off)
     precise_bn_batches: int = 8  # BatchNorm statistics recomputed after each epoch over its last N batches (0: off)
 
+    def __post_init__(self) -> None:
+        if self.precise_bn_batches < 0:
+            raise ConfigError("train.precise_bn_batches: expected an integer >= 0 (0: off), "
+                              f"got {self.precise_bn_batches}")
+
 
 @dataclass(frozen=True)
 class Config:

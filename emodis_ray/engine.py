@@ -114,10 +114,12 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Mapping[str, Any]], d
     ``batches`` under the current weights (the running averages lag weights that move fast, and eval-mode
     predictions then swing from epoch to epoch). Only BatchNorm layers run in train mode; dropout stays off
     and no RNG is drawn, so the result is deterministic. Under ``torch.distributed`` the statistics are then
-    averaged over the workers, so every rank evaluates and saves the same model. Returns the batches used."""
+    averaged over the workers, so every rank evaluates and saves the same model. No batches: the statistics
+    stay as they are. Returns the batches used."""
+    batches = list(batches)
     bns = [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
            and m.track_running_stats]
-    if not bns:
+    if not bns or not batches:
         return 0
     was_training, momenta = model.training, [bn.momentum for bn in bns]
     model.eval()

@@ -43,6 +43,7 @@ def test_dotted_override_is_parsed_and_typed() -> None:
         ("model.spk_dim=3.5", "model.spk_dim: expected an integer"),
         ("method.name=magic", "method.name: 'magic' is not one of"),
         ("train.use_gpu=1", "train.use_gpu: expected true/false"),
+        ("train.precise_bn_batches=-1", "train.precise_bn_batches: expected an integer >= 0"),
         ("spk_dim=32", "SECTION.NAME"),
         ("model.spk_dim", "KEY=VALUE"),
     ],

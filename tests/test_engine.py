@@ -159,3 +159,7 @@ def test_precise_bn_sets_the_statistics_of_the_current_weights():
     first = bn.running_mean.clone()
     recompute_bn_stats(model, data, CPU)
     assert torch.equal(bn.running_mean, first)
+    # no batches (train.precise_bn_batches=0): the statistics stay as they are
+    var = bn.running_var.clone()
+    assert recompute_bn_stats(model, [], CPU) == 0
+    assert torch.equal(bn.running_mean, first) and torch.equal(bn.running_var, var)

@@ -263,6 +263,11 @@ def smoothed_f1(per_epoch: Sequence[float], k: int = 1) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def run_f1(rows: Sequence[Mapping[str, Any]], k: int = 1) -> float:
+    """:func:`smoothed_f1` of a training run's per-epoch metric rows (their ``val_emo_f1``)."""
+    return smoothed_f1([r.get("val_emo_f1", float("nan")) for r in rows], k)
+
+
 def floor_from_baseline(baseline_emo_f1: float, tolerance: float) -> float:
     """The emotion-F1 floor: the baseline's validation F1 minus the tolerance."""
     return float(baseline_emo_f1) - float(tolerance)

@@ -30,7 +30,7 @@ from emodis_ray.tune import (
     choose_best,
     floor_from_baseline,
     pareto_mask,
-    smoothed_f1,
+    run_f1,
     trial_concurrency,
 )
 from emodis_ray.tune_trial import (
@@ -163,7 +163,7 @@ def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
     rows = json.loads(f.read_text())
     if not rows or "val_emo_f1" not in rows[-1]:
         raise ValueError(f"{f}: no val_emo_f1 in its last epoch")
-    return smoothed_f1([r.get("val_emo_f1", float("nan")) for r in rows], f1_epochs)
+    return run_f1(rows, f1_epochs)
 
 
 def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None, baseline: Path | None,
@@ -182,7 +182,7 @@ def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: f
     t0 = time.perf_counter()
     res = fit(manifest, run, base_cfg, progress=False)
     fit_s = time.perf_counter() - t0
-    f1 = smoothed_f1([r.get("val_emo_f1", float("nan")) for r in res.metrics], space.f1_epochs)
+    f1 = run_f1(res.metrics, space.f1_epochs)
     probe = probe_val_leakage(run, base_cfg, manifest)
     info = {"source": "MTL baseline trained first", "run": str(run), "val_emo_f1": f1,
             "val_leakage": probe["val_leakage"], "fit_s": fit_s, "first_report_s": res.first_report_s}
@@ -340,9 +340,8 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], space: Space, floor: fl
     """trials.csv, pareto.png, best.yaml (when a trial is feasible) and summary.json."""
     best = choose_best(rows)
     cols = ["order", "trial_id", "round", "status", *space.params, "val_emo_f1", "val_leakage", "feasible", "pareto",
-            "val_emo_f1_last",
-            "objective", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "val_spk_acc", "online_leakage",
-            "epochs_done", "trial_s", "seed", "run", "error"]
+            "val_emo_f1_last", "objective", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "val_spk_acc",
+            "online_leakage", "epochs_done", "trial_s", "seed", "run", "error"]
     pd.DataFrame(rows, columns=cols).to_csv(out / "trials.csv", index=False)
     others = len(rows) - sum(r["status"] == "completed" for r in rows)
     plot_pareto(rows, floor, best, baseline, out / "pareto.png", title=f"{space.study}: {len(rows)} trials"

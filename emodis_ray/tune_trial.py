@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from emodis_ray.config import Config, replace
 from emodis_ray.stats import chance_levels, leakage
-from emodis_ray.tune import PENALTY, apply_params, is_feasible, objective_value, smoothed_f1
+from emodis_ray.tune import PENALTY, apply_params, is_feasible, objective_value, run_f1, smoothed_f1
 
 TRIAL_FILE, RESULT_FILE, ERROR_FILE = "trial.json", "result.json", "error.txt"
 PG_FILE = "placement_groups.txt"  # the Train run's placement groups, for release_trial()
@@ -173,7 +173,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         # 3. The probe-based validation leakage of the final model.
         probe = probe_val_leakage(run, cfg, Path(setup.manifest), setup.probe_seed)
         last = res.final
-        f1 = smoothed_f1([r.get("val_emo_f1", float("nan")) for r in res.metrics], setup.f1_epochs)
+        f1 = run_f1(res.metrics, setup.f1_epochs)
         feasible = is_feasible(f1, probe["val_leakage"], setup.floor)
         final = {**online_metrics(last, setup.floor, setup.val_chances, f1), **probe,
                  "val_emo_f1": f1, "val_emo_f1_last": float(last.get("val_emo_f1", float("nan"))),

@@ -3,4 +3,4 @@
 
 from __future__ import annotations
 
-import emodis_ray._decord  # noqa: F401  (must come before any `import decord`)
+import emodis_ray.data._decord  # noqa: F401  (must come before any `import decord`)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emodis_ray.synth import write_mp4
+from emodis_ray.synth.generate import write_mp4
 
 FPS, SR, SIZE = 25.0, 16000, 48  # 48 px: decord mis-strides it, so the PyAV fallback is tested too
 

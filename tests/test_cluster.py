@@ -125,7 +125,7 @@ def test_shared_volume_is_read_write_many():
 def test_grafana_dashboard_covers_the_custom_metrics():
     import json
 
-    from emodis_ray.metrics import EPOCH_GAUGES
+    from emodis_ray.runtime.telemetry import EPOCH_GAUGES
 
     board = json.loads((CLUSTER / "grafana-emodis.json").read_text())
     exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
@@ -166,7 +166,7 @@ def test_token_is_required(cluster: LocalCluster):
 def _connect(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch):
     import ray
 
-    from emodis_ray.raycluster import use_token_if_available
+    from emodis_ray.runtime.session import use_token_if_available
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -190,9 +190,9 @@ def two_worker_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from emodis_ray.engine import metrics, predict, seed_everything, train_epoch
-    from emodis_ray.methods import build_method
-    from emodis_ray.model import build_model, unwrap
+    from emodis_ray.core.loop import metrics, predict, seed_everything, train_epoch
+    from emodis_ray.core.methods import build_method
+    from emodis_ray.core.model import build_model, unwrap
 
     torch.set_num_threads(1)
     ctx = ray.train.get_context()

@@ -17,19 +17,19 @@ import ray
 import torch
 
 from emodis_ray.config import Config, load_config, replace
-from emodis_ray.data import preprocess
-from emodis_ray.engine import seed_everything, train_epoch
-from emodis_ray.evaluate import RUN_FILE, evaluate_run
-from emodis_ray.labels import SPLITS
-from emodis_ray.manifest import read_manifest, write_manifest
-from emodis_ray.methods import build_method
-from emodis_ray.model import build_model
-from emodis_ray.predict import predict_clips
-from emodis_ray.reporting import compare_runs, report_runs
-from emodis_ray.shards import collate
-from emodis_ray.sources import emovox_manifest
-from emodis_ray.synth import generate
-from emodis_ray.train import load_model
+from emodis_ray.core.loop import seed_everything, train_epoch
+from emodis_ray.core.methods import build_method
+from emodis_ray.core.model import build_model
+from emodis_ray.data.ingest import preprocess
+from emodis_ray.data.labels import SPLITS
+from emodis_ray.data.manifest import read_manifest, write_manifest
+from emodis_ray.data.rows import collate
+from emodis_ray.data.sources import emovox_manifest
+from emodis_ray.evaluation.evaluate import RUN_FILE, evaluate_run
+from emodis_ray.evaluation.predict import predict_clips
+from emodis_ray.evaluation.reporting import compare_runs, report_runs
+from emodis_ray.synth.generate import generate
+from emodis_ray.train.fit import load_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
@@ -109,7 +109,7 @@ def test_evaluate_compare_report(setup: tuple[Path, Config]) -> None:
 
 
 def test_evaluation_sees_each_split_once(setup: tuple[Path, Config]) -> None:
-    from emodis_ray.evaluate import embed_splits
+    from emodis_ray.evaluation.evaluate import embed_splits
 
     root, cfg = setup
     run = root / "mtl" if (root / "mtl").exists() else _train_run(root, cfg, "mtl", "mtl", seed=0)

@@ -12,9 +12,9 @@ import torch
 from media import FPS, make_clip
 
 from emodis_ray.config import FeatureConfig
-from emodis_ray.decode import ClipDecoder
-from emodis_ray.engine import to_device
-from emodis_ray.features import (
+from emodis_ray.core.loop import to_device
+from emodis_ray.data.decode import ClipDecoder
+from emodis_ray.data.features import (
     BadClip,
     crop,
     extract_clip,
@@ -22,7 +22,7 @@ from emodis_ray.features import (
     frames_per_segment,
     num_segments,
 )
-from emodis_ray.shards import collate, from_row, to_row
+from emodis_ray.data.rows import collate, from_row, to_row
 
 CFG = FeatureConfig(clip_s=3.0, segment_s=1.0, hop_s=0.5, face_size=32)
 

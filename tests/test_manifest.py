@@ -12,8 +12,8 @@ import pytest
 import scipy.io as sio
 
 from emodis_ray.config import LabelConfig
-from emodis_ray.labels import EMOTION_INDEX, FERPLUS_CLASSES
-from emodis_ray.manifest import (
+from emodis_ray.data.labels import EMOTION_INDEX, FERPLUS_CLASSES
+from emodis_ray.data.manifest import (
     MANIFEST_SCHEMA,
     ManifestError,
     manifest_hash,
@@ -21,7 +21,7 @@ from emodis_ray.manifest import (
     validate,
     write_manifest,
 )
-from emodis_ray.sources import emovox_manifest, parse_emovox_mat, parse_emovox_name, table_manifest
+from emodis_ray.data.sources import emovox_manifest, parse_emovox_mat, parse_emovox_name, table_manifest
 
 K = FERPLUS_CLASSES.index
 PEOPLE = {  # name in the .mat -> VoxCeleb1 id

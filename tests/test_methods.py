@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_model import make_batch, tiny_model
 
-from emodis_ray.methods import (
+from emodis_ray.core.methods import (
     METHODS,
     build_method,
     build_schedulers,

@@ -13,8 +13,8 @@ import pytest
 from localcluster import LocalCluster, local_cluster
 from media import make_clip
 
-from emodis_ray import metrics
-from emodis_ray.features import BadClip
+from emodis_ray.data.features import BadClip
+from emodis_ray.runtime import telemetry as metrics
 
 PAGE = """# HELP ray_emodis_ingest_clips_total clips
 # TYPE ray_emodis_ingest_clips_total counter
@@ -58,7 +58,7 @@ def test_record_functions_are_no_ops_outside_ray(monkeypatch: pytest.MonkeyPatch
 
 
 def test_decode_udf_reports_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
-    from emodis_ray import data
+    from emodis_ray.data import ingest as data
 
     calls: list[tuple[int, int, float]] = []
     monkeypatch.setattr(data, "record_ingest", lambda good, bad, s: calls.append((good, bad, s)))
@@ -116,8 +116,8 @@ def test_metrics_reach_the_node_endpoint(cluster: LocalCluster, tmp_path: Path,
     import ray
 
     from emodis_ray.config import load_config, replace
-    from emodis_ray.data import stream_rows
-    from emodis_ray.raycluster import use_token_if_available
+    from emodis_ray.data.ingest import stream_rows
+    from emodis_ray.runtime.session import use_token_if_available
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

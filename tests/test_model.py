@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from emodis_ray.model import ModelOutput, build_model, flops_per_clip, unwrap
+from emodis_ray.core.model import ModelOutput, build_model, flops_per_clip, unwrap
 
 torch.set_num_threads(1)
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from emodis_ray import probe as probe_mod
-from emodis_ray.labels import majority_chance_f1
-from emodis_ray.probe import run_probes, train_probe
+from emodis_ray.data.labels import majority_chance_f1
+from emodis_ray.evaluation import probe as probe_mod
+from emodis_ray.evaluation.probe import run_probes, train_probe
 
 torch.set_num_threads(1)
 SPEAKERS = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from emodis_ray.raycluster import ray_session
+from emodis_ray.runtime.session import ray_session
 
 
 @pytest.mark.ray

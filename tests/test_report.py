@@ -3,8 +3,8 @@ import pytest
 from matplotlib.image import imread
 from test_stats import make_evaluation, noisy
 
-from emodis_ray.labels import EMOTIONS
-from emodis_ray.report import (
+from emodis_ray.data.labels import EMOTIONS
+from emodis_ray.evaluation.report import (
     METHOD_LABELS,
     baseline_markdown,
     confusion_png,
@@ -14,7 +14,7 @@ from emodis_ray.report import (
     table1_markdown,
     write_report,
 )
-from emodis_ray.stats import compare, stuart_maxwell
+from emodis_ray.evaluation.stats import compare, stuart_maxwell
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIMS = (256, 64)

@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 from statsmodels.stats.contingency_tables import SquareTable
 
-from emodis_ray.labels import majority_chance_f1
-from emodis_ray.stats import (
+from emodis_ray.data.labels import majority_chance_f1
+from emodis_ray.evaluation.stats import (
     Comparison,
     Estimate,
     Evaluation,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from localcluster import LocalCluster, local_cluster
 
-from emodis_ray import submit
 from emodis_ray.cli import build_parser
+from emodis_ray.runtime import jobs as submit
 
 EMODIS = [sys.executable, "-m", "emodis_ray.cli"]
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from emodis_ray.config import LabelConfig, SynthConfig
-from emodis_ray.labels import FERPLUS_CLASSES, dominant_emotion8, mutual_information
-from emodis_ray.manifest import manifest_hash
-from emodis_ray.sources import emovox_manifest
-from emodis_ray.synth import (
+from emodis_ray.data.labels import FERPLUS_CLASSES, dominant_emotion8, mutual_information
+from emodis_ray.data.manifest import manifest_hash
+from emodis_ray.data.sources import emovox_manifest
+from emodis_ray.synth.generate import (
     CONFIG_NAME,
     MAT_NAME,
     META_NAME,
@@ -24,7 +24,7 @@ from emodis_ray.synth import (
     sample_labels,
     write_mp4,
 )
-from emodis_ray.synth_render import teacher_logits
+from emodis_ray.synth.render import teacher_logits
 
 SMALL = SynthConfig(people=3, clips_per_person=4, videos_per_person=2, size=40, clip_s_min=1.0, clip_s_max=1.6,
                     short_clip_fraction=0.25, unheard_people=1, workers=1, seed=3)
@@ -33,7 +33,7 @@ YT_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 
 
 def _decord():
-    from emodis_ray._decord import load_decord  # never a plain `import decord` (see that module)
+    from emodis_ray.data._decord import load_decord  # never a plain `import decord` (see that module)
 
     return load_decord()
 

@@ -21,11 +21,10 @@ import ray
 from ray import tune
 
 from emodis_ray.config import Config, ConfigError, SynthConfig, load_config, replace
-from emodis_ray.data import preprocess
-from emodis_ray.manifest import write_manifest
-from emodis_ray.sources import emovox_manifest
-from emodis_ray.synth import generate
-from emodis_ray.tune import (
+from emodis_ray.data.ingest import preprocess
+from emodis_ray.data.manifest import write_manifest
+from emodis_ray.data.sources import emovox_manifest
+from emodis_ray.search.space import (
     PENALTY,
     SearchResult,
     SpaceError,
@@ -41,6 +40,7 @@ from emodis_ray.tune import (
     smoothed_f1,
     trial_concurrency,
 )
+from emodis_ray.synth.generate import generate
 
 SPACES = sorted((Path(__file__).parent.parent / "tune_spaces").glob("*.yaml"))
 SYNTH = SynthConfig(people=6, clips_per_person=12, videos_per_person=6, size=64, clip_s_min=1.5, clip_s_max=2.5,
@@ -160,7 +160,7 @@ def test_trial_concurrency_leaves_a_cpu_per_trial_for_ray_data() -> None:
 
 
 def test_online_metrics_are_provisional() -> None:
-    from emodis_ray.tune_trial import online_metrics
+    from emodis_ray.search.trial import online_metrics
 
     row = {"epoch": 2, "val_emo_f1": 0.40, "val_aux_emo_f1": 0.60, "val_aux_spk_acc": 0.55}
     m = online_metrics(row, floor=0.50, chances=(0.2, 0.1))
@@ -179,7 +179,7 @@ def test_smoothed_f1() -> None:
 
 
 def test_bench_tune_trials_to_target_and_report() -> None:
-    from emodis_ray.bench_tune import TuneBench, trials_to_target
+    from emodis_ray.bench.tune import TuneBench, trials_to_target
 
     rows = [{"status": "completed", "feasible": True, "val_leakage": 0.30},
             {"status": "stopped", "feasible": False, "val_leakage": float("nan")},

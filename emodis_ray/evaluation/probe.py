@@ -1,0 +1,208 @@
+"""Leakage probes on frozen embeddings (DESIGN §7), pure torch/NumPy.
+
+A probe is a one-hidden-layer MLP trained on the train split's embeddings, early-stopped on the validation
+split and scored on the test split. :func:`run_probes` trains the two of the paper: emotion from the *speaker*
+embedding (macro-F1) and identity from the *emotion* embedding (accuracy).
+
+Test labels never reach training: :func:`train_probe` takes train and validation arrays only, and
+:func:`run_probes` hands it nothing of the test split; test labels are read only when the finished probes'
+test predictions are scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emodis_ray.data.labels import EMOTIONS
+from emodis_ray.evaluation.stats import accuracy, macro_f1
+
+ProbeMetric = Literal["f1", "acc"]
+EMB_KEYS = ("emo_emb", "spk_emb", "emotion", "speaker")
+
+
+@dataclass
+class Probe:
+    """A trained probe: feature standardisation (train statistics) and the MLP at its best validation epoch."""
+
+    mean: np.ndarray  # [D]
+    std: np.ndarray  # [D]
+    net: nn.Module
+    num_classes: int
+    metric: ProbeMetric
+    best_epoch: int
+    best_val: float  # the validation score (macro-F1 or accuracy) of the kept weights
+    history: list[float] = field(default_factory=list)  # validation score per epoch
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """[M, K] logits for embeddings ``x`` [M, D]."""
+        self.net.eval()
+        z = _standardise(x, self.mean, self.std)  # [M, D]
+        if len(z) == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return torch.cat([self.net(b) for b in z.split(batch_size)]).numpy()
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """[M, K] class probabilities."""
+        return torch.softmax(torch.from_numpy(self.logits(x)), dim=1).numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """[M] predicted class indices (int64)."""
+        return self.logits(x).argmax(1).astype(np.int64)
+
+    def score(self, x: np.ndarray, y: np.ndarray) -> float:
+        return _score(self.metric, y, self.predict(x), self.num_classes)
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32))
+
+
+def _score(metric: ProbeMetric, y: np.ndarray, yhat: np.ndarray, num_classes: int) -> float:
+    if metric == "f1":
+        return macro_f1(y, yhat, num_classes)
+    if metric == "acc":
+        return accuracy(y, yhat)
+    raise ValueError(f"unknown probe metric {metric!r} (f1 or acc)")
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Temporarily use ``n`` torch intra-op threads (no change when None)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int,
+                hidden: int = 256, lr: float = 1e-3, max_epochs: int = 200, patience: int = 10, seed: int = 0,
+                batch_size: int = 256, metric: ProbeMetric = "f1", weight_decay: float = 0.0,
+                num_threads: int | None = None) -> Probe:
+    """Train a probe ``Linear(D, hidden) -> ReLU -> Linear(hidden, num_classes)`` with Adam on cross-entropy.
+
+    Features are standardised with the training split's mean and standard deviation. After every epoch the
+    validation ``metric`` (``"f1"``: macro-F1 over ``num_classes``; ``"acc"``: accuracy) is computed; the
+    weights of the best epoch are kept, and training stops after ``patience`` epochs without improvement.
+    Deterministic for a ``seed`` (and a thread count); the global RNGs are left untouched.
+    """
+    x_train, x_val = np.asarray(x_train, dtype=np.float32), np.asarray(x_val, dtype=np.float32)
+    y_train, y_val = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
+    if x_train.ndim != 2 or x_val.ndim != 2 or x_train.shape[1] != x_val.shape[1]:
+        raise ValueError(f"expected [N, D] embeddings with one D, got {x_train.shape} and {x_val.shape}")
+    if len(x_train) != len(y_train) or len(x_val) != len(y_val) or len(x_train) == 0 or len(x_val) == 0:
+        raise ValueError("train and validation need as many labels as embeddings, and at least one clip each")
+    if y_train.min() < 0 or y_train.max() >= num_classes:
+        raise ValueError(f"training labels must lie in 0..{num_classes - 1}")
+    _score(metric, y_val[:1], y_val[:1], num_classes)  # validates ``metric`` before any work
+
+    mean = x_train.mean(0)
+    std = x_train.std(0)
+    std = np.where(std > 1e-6, std, 1.0).astype(np.float32)  # constant (e.g. dead ReLU) dimensions stay 0
+    xt, xv = _standardise(x_train, mean, std), _standardise(x_val, mean, std)  # [N, D], [M, D]
+    yt = torch.from_numpy(y_train)  # [N]
+
+    with _threads(num_threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(xt.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+        order = np.random.default_rng(seed)
+        best_val, best_epoch, best_state = -np.inf, -1, copy.deepcopy(net.state_dict())
+        history: list[float] = []
+        for epoch in range(max_epochs):
+            net.train()
+            perm = torch.from_numpy(order.permutation(len(xt)))
+            for i in range(0, len(xt), batch_size):
+                idx = perm[i:i + batch_size]
+                loss = F.cross_entropy(net(xt[idx]), yt[idx])  # [B, K] logits vs [B] labels
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                val = _score(metric, y_val, net(xv).argmax(1).numpy(), num_classes)
+            history.append(val)
+            if val > best_val:
+                best_val, best_epoch, best_state = val, epoch, copy.deepcopy(net.state_dict())
+            elif epoch - best_epoch >= patience:
+                break
+        net.load_state_dict(best_state)
+    return Probe(mean=mean, std=std, net=net.eval(), num_classes=num_classes, metric=metric, best_epoch=best_epoch,
+                 best_val=float(best_val), history=history)
+
+
+@dataclass
+class ProbeResult:
+    """The two leakage probes of one model, scored on the test split."""
+
+    emo_from_spk_f1: float  # emotion macro-F1 of the probe on the speaker embedding
+    spk_from_emo_acc: float  # identity accuracy of the probe on the emotion embedding
+    emo_from_spk_pred: np.ndarray  # [N_test] the emotion probe's test predictions
+    spk_from_emo_pred: np.ndarray  # [N_test] the identity probe's test predictions
+    emo_probe: Probe
+    spk_probe: Probe
+    # Empirical chance (``null_baseline=True``): the same probes trained on permuted training labels.
+    emo_null_f1: float | None = None
+    spk_null_acc: float | None = None
+
+
+def _split(emb: Mapping[str, Mapping[str, np.ndarray]], name: str) -> Mapping[str, np.ndarray]:
+    if name not in emb:
+        raise KeyError(f"embeddings have no {name!r} split (have: {', '.join(emb)})")
+    missing = [k for k in EMB_KEYS if k not in emb[name]]
+    if missing:
+        raise KeyError(f"split {name!r} lacks {', '.join(missing)}")
+    return emb[name]
+
+
+def run_probes(emb: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0, num_emotions: int = len(EMOTIONS),
+               num_speakers: int | None = None, null_baseline: bool = False,
+               **probe_kwargs: object) -> ProbeResult:
+    """Train both leakage probes on ``emb["train"]``, early-stop on ``emb["val"]``, score on ``emb["test"]``.
+
+    ``emb[split]`` holds ``emo_emb`` [N, D_emo], ``spk_emb`` [N, D_spk], ``emotion`` [N] and ``speaker`` [N]
+    (class indices). ``num_speakers`` defaults to 1 + the largest training speaker index (identity is
+    closed-set). ``probe_kwargs`` go to :func:`train_probe`.
+
+    ``null_baseline``: also train both probes on *permuted* training labels (validation unchanged) and score
+    them on test: an empirical chance level for this probe and these label priors. The paper's chance (always
+    the majority class) is a lower bar: a probe that spreads its guesses over the classes beats it on macro-F1
+    without any information in the embedding.
+    """
+    train, val = _split(emb, "train"), _split(emb, "val")
+    if num_speakers is None:
+        num_speakers = int(np.max(train["speaker"])) + 1
+    emo_probe = train_probe(train["spk_emb"], train["emotion"], val["spk_emb"], val["emotion"], num_emotions,
+                            seed=seed, metric="f1", **probe_kwargs)  # type: ignore[arg-type]
+    spk_probe = train_probe(train["emo_emb"], train["speaker"], val["emo_emb"], val["speaker"], num_speakers,
+                            seed=seed, metric="acc", **probe_kwargs)  # type: ignore[arg-type]
+    # Only now is the test split read: its embeddings for prediction, its labels for scoring.
+    test = _split(emb, "test")
+    emo_pred, spk_pred = emo_probe.predict(test["spk_emb"]), spk_probe.predict(test["emo_emb"])
+    result = ProbeResult(emo_from_spk_f1=macro_f1(test["emotion"], emo_pred, num_emotions),
+                         spk_from_emo_acc=accuracy(test["speaker"], spk_pred),
+                         emo_from_spk_pred=emo_pred, spk_from_emo_pred=spk_pred,
+                         emo_probe=emo_probe, spk_probe=spk_probe)
+    if null_baseline:
+        perm = np.random.default_rng(seed).permutation(len(train["emotion"]))
+        emo_null = train_probe(train["spk_emb"], np.asarray(train["emotion"])[perm], val["spk_emb"], val["emotion"],
+                               num_emotions, seed=seed, metric="f1", **probe_kwargs)  # type: ignore[arg-type]
+        spk_null = train_probe(train["emo_emb"], np.asarray(train["speaker"])[perm], val["emo_emb"], val["speaker"],
+                               num_speakers, seed=seed, metric="acc", **probe_kwargs)  # type: ignore[arg-type]
+        result.emo_null_f1 = macro_f1(test["emotion"], emo_null.predict(test["spk_emb"]), num_emotions)
+        result.spk_null_acc = accuracy(test["speaker"], spk_null.predict(test["emo_emb"]))
+    return result

@@ -1,0 +1,413 @@
+"""The search driver behind `emodis tune`: the floor, the Tuner (Optuna TPE + ASHA, or a grid), resume and
+extend, and the outputs (trials.csv, pareto.png, best.yaml). Layout of the search folder: ``tune.py``.
+
+Rounds: the first call runs the experiment ``search``; ``--resume`` restores an interrupted round with
+``Tuner.restore`` (finished trials are not run again; the one that was running restarts and its Train run
+resumes from its checkpoint), and, when more trials are asked for than the search holds, starts a new round
+``search-2``, ... whose Optuna searcher loads the persisted study (``optuna.db``), so TPE knows every earlier
+trial. Its sampler is seeded with ``seed + trials so far`` so a round does not replay the previous draws.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from ray import tune
+
+from emodis_ray.config import Config, replace
+from emodis_ray.search.space import (
+    SearchResult,
+    Space,
+    asha_schedule,
+    choose_best,
+    floor_from_baseline,
+    pareto_mask,
+    run_f1,
+    trial_concurrency,
+)
+from emodis_ray.search.trial import (
+    ERROR_FILE,
+    RESULT_FILE,
+    TRIAL_FILE,
+    TrialSetup,
+    probe_val_leakage,
+    release_trial,
+    run_trial,
+    val_chances,
+)
+
+STATE_FILE = "search.json"
+TRIAL_MEMORY = 64 * 2**20  # the trial driver asks for memory, not CPUs: a 0-CPU request needs some resource
+IDENTITY = ("space_digest", "config_hash", "manifest_hash", "multi_objective", "grid", "seed")
+Say = Callable[..., None]
+
+
+def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *, multi_objective: bool,
+           resume: bool, floor: float | None, baseline: Path | None, seed: int, grid: int | None,
+           max_concurrent: int | None, progress: bool, callbacks: Sequence[Any]) -> SearchResult:
+    from emodis_ray.data.manifest import manifest_hash, read_manifest
+    from emodis_ray.runtime.session import ray_session
+
+    say: Say = print if progress else (lambda *a, **k: None)
+    t0 = time.perf_counter()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = manifest.resolve()
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    with ray_session():
+        cfg = ensure_cache(manifest, out, cfg, say)
+        base = space.config(cfg)
+        mh = manifest_hash(read_manifest(manifest))
+        state = _load_state(out, resume, {
+            "space": str(space.path), "space_digest": space.digest(), "config_hash": base.hash(), "manifest_hash": mh,
+            "multi_objective": multi_objective, "grid": grid, "seed": seed})
+        if state.get("floor") is None:
+            state["floor"], state["baseline"] = resolve_floor(space, manifest, out, cfg, floor, baseline, say)
+            _save_state(out, state)
+        say(f"emotion-F1 floor {state['floor']:.3f} ({state['baseline'].get('source', 'given')})")
+        setup = TrialSetup(manifest=str(manifest), manifest_hash=mh, runs_dir=str(out / "runs"), cfg=base.to_dict(),
+                           floor=float(state["floor"]), val_chances=val_chances(manifest), probe_seed=seed,
+                           f1_epochs=space.f1_epochs)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                        {"CPU": 0, "memory": TRIAL_MEMORY})
+        resources = ray.cluster_resources()
+        concurrency = max_concurrent or trial_concurrency(base, resources.get("CPU", 1), resources.get("GPU", 0))
+        rounds: list[dict[str, Any]] = state["rounds"]
+        before = {r["trial_id"] for r in collect(out, rounds, space)}
+        interrupted = False
+
+        # 1. An interrupted round first: Tuner.restore runs only what had not finished.
+        if rounds and not tune.Tuner.can_restore(str(out / rounds[-1]["name"])):
+            rounds.pop()  # interrupted before Tune wrote its state: start that round again
+        if rounds and _unfinished(out / rounds[-1]["name"], rounds[-1]["num_samples"]):
+            say(f"resuming round {rounds[-1]['name']} ...")
+            tuner = tune.Tuner.restore(str(out / rounds[-1]["name"]), trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+            tuner.fit()
+            interrupted = _unfinished(out / rounds[-1]["name"], rounds[-1]["num_samples"])
+
+        # 2. A new round for the trials still wanted.
+        done = len(collect(out, rounds, space))
+        grid_points = _grid(space, grid) if grid else None
+        wanted = (len(grid_points) if grid_points is not None else trials) - done
+        if wanted > 0 and not interrupted and not (grid_points is not None and rounds):
+            name = "search" if not rounds else f"search-{len(rounds) + 1}"
+            stopping = ("no early stopping (a grid)" if grid_points is not None
+                        else "no early stopping (multi-objective: ASHA ranks by one metric only)" if multi_objective
+                        else "no early stopping (fewer than 3 epochs)" if asha_schedule(base.train.epochs) is None
+                        else "ASHA on the online leakage estimate")
+            say(f"round {name}: {wanted} trial(s), {concurrency} at a time, {stopping}")
+            tuner = _tuner(trainable, space, out, name, base, wanted, done, seed, multi_objective, grid_points,
+                           concurrency, first=not rounds, callbacks=[_Progress(progress, out / "runs"), *callbacks])
+            rounds.append({"name": name, "num_samples": wanted})  # the Tuner has written its state: restorable
+            _save_state(out, state)
+            tuner.fit()
+            interrupted = _unfinished(out / name, wanted)
+
+    rows = collect(out, rounds, space)
+    best = write_outputs(out, rows, space, float(state["floor"]), state.get("baseline", {}), multi_objective)
+    res = SearchResult(out=out, rows=rows, best=dict(best) if best else None, floor=float(state["floor"]),
+                       wall_s=time.perf_counter() - t0, new_trials=len({r["trial_id"] for r in rows} - before),
+                       interrupted=interrupted, baseline=state.get("baseline", {}))
+    say(summary(res))
+    return res
+
+
+# --- set-up: cache, state, floor ------------------------------------------------------------------------
+
+
+def ensure_cache(manifest: Path, out: Path, cfg: Config, say: Say) -> Config:
+    """Trials read the feature cache: ``data.cache_dir`` (made if missing), or ``OUT/cache``."""
+    from emodis_ray.data.ingest import preprocess
+
+    cache = Path(cfg.data.cache_dir or out / "cache").resolve()
+    say(f"feature cache {cache} ...")
+    preprocess(manifest, cache, cfg, progress=False)  # returns at once when the cache is complete
+    return replace(cfg, data={"cache_dir": str(cache)})
+
+
+def _load_state(out: Path, resume: bool, identity: dict[str, Any]) -> dict[str, Any]:
+    path = out / STATE_FILE
+    if not path.exists():
+        return {**identity, "rounds": [], "floor": None, "baseline": {}}
+    if not resume:
+        raise ValueError(f"{out} holds a search already: pass --resume to continue or extend it, or another --out")
+    state = json.loads(path.read_text())
+    diff = [k for k in IDENTITY if state.get(k) != identity[k]]
+    if diff:
+        raise ValueError(f"{out}: cannot resume: {', '.join(diff)} differ from the search there "
+                         f"(same space, config, manifest, mode and seed needed)")
+    return state
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(out / STATE_FILE)
+
+
+def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
+    """A training run's validation emotion F1 (``metrics.json``): its last epoch's, or the mean of its last
+    ``f1_epochs`` epochs."""
+    f = run / "metrics.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{run}: no metrics.json: is it a finished `emodis train` run?")
+    rows = json.loads(f.read_text())
+    if not rows or "val_emo_f1" not in rows[-1]:
+        raise ValueError(f"{f}: no val_emo_f1 in its last epoch")
+    return run_f1(rows, f1_epochs)
+
+
+def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None, baseline: Path | None,
+                  say: Say) -> tuple[float, dict[str, Any]]:
+    """The floor as given, from a baseline run, or from an MTL baseline trained now (the base config, method mtl)."""
+    if floor is not None:
+        return float(floor), {"source": "given"}
+    if baseline is not None:
+        f1 = baseline_f1(baseline, space.f1_epochs)
+        return floor_from_baseline(f1, space.tolerance), {"source": f"baseline {baseline}", "val_emo_f1": f1}
+    from emodis_ray.train.fit import fit
+
+    run = out / "baseline"
+    base_cfg = replace(cfg, method={"name": "mtl"})
+    say(f"MTL baseline (sets the emotion-F1 floor) -> {run} ...")
+    t0 = time.perf_counter()
+    res = fit(manifest, run, base_cfg, progress=False)
+    fit_s = time.perf_counter() - t0
+    f1 = run_f1(res.metrics, space.f1_epochs)
+    probe = probe_val_leakage(run, base_cfg, manifest)
+    info = {"source": "MTL baseline trained first", "run": str(run), "val_emo_f1": f1,
+            "val_leakage": probe["val_leakage"], "fit_s": fit_s, "first_report_s": res.first_report_s}
+    say(f"      val emotion F1 {f1:.3f}, val leakage {probe['val_leakage']:.3f} ({fit_s:.0f} s)")
+    return floor_from_baseline(f1, space.tolerance), info
+
+
+# --- the Tuner --------------------------------------------------------------------------------------------
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _grid(space: Space, n: int) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = [{}]
+    for key, p in space.params.items():
+        points = [{**pt, key: v} for pt in points for v in p.grid(n)]
+    return points
+
+
+def _tuner(trainable: Any, space: Space, out: Path, name: str, cfg: Config, n: int, done: int, seed: int,
+           multi_objective: bool, grid_points: list[dict[str, Any]] | None, concurrency: int, first: bool,
+           callbacks: Sequence[Any]) -> tune.Tuner:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    run_config = tune.RunConfig(name=name, storage_path=str(out), failure_config=tune.FailureConfig(max_failures=0),
+                                callbacks=list(callbacks), verbose=0)
+    if grid_points is not None:  # a grid: every point once, no model, no early stopping
+        param_space = {k: tune.grid_search(list(dict.fromkeys(p[k] for p in grid_points))) for k in space.params}
+        return tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
+            num_samples=1, max_concurrent_trials=concurrency, trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name))
+    # 3. Optuna TPE, seeded; the study lives in OUT/optuna.db so a later round (or a restart) knows it.
+    sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=max(2, min(10, (done + n) // 3)))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    metric, mode = (["emo_f1", "leakage"], ["max", "min"]) if multi_objective else ("objective", "min")
+    # Tune wants every parameter in a start point: the ones a point leaves out take their range's middle.
+    start = [{**{k: p.grid(1)[0] for k, p in space.params.items()}, **pt} for pt in space.start] if first else []
+    searcher = OptunaSearch(space.optuna_space(), metric=metric, mode=mode, sampler=sampler, storage=storage,
+                            study_name=space.study, points_to_evaluate=start or None)
+    asha = asha_schedule(cfg.train.epochs)
+    if multi_objective or asha is None:
+        scheduler: Any = FIFOScheduler()  # ASHA ranks trials by one metric; two objectives have no single order
+    else:  # 4. ASHA on the online objective (aux-head leakage + F1 shortfall) reported every epoch
+        scheduler = ASHAScheduler(time_attr="epochs_done", metric="online_objective", mode="min", max_t=asha[1],
+                                  grace_period=asha[0], reduction_factor=2, stop_last_trials=False)
+    return tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+        search_alg=searcher, scheduler=scheduler, num_samples=n, max_concurrent_trials=concurrency,
+        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
+
+
+def _unfinished(path: Path, num_samples: int) -> bool:
+    if not path.exists() or not tune.Tuner.can_restore(str(path)):
+        return True
+    trials = tune.ExperimentAnalysis(str(path)).trials
+    return len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+class _Progress(tune.Callback):
+    """One line per trial event on the driver; releases what a stopped or failed trial's Train run left."""
+
+    def __init__(self, progress: bool, runs: Path) -> None:
+        self.progress, self.runs = progress, runs  # no function attribute: the Tuner pickles its callbacks
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            print(line, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        params = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in trial.config.items())
+        self.say(f"  trial {trial.trial_id} started: {params}")
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        released = release_trial(self.runs / trial.trial_id)  # an early-stopped trial's Train workers
+        r = trial.last_result or {}
+        if r.get("probed"):
+            self.say(f"  trial {trial.trial_id} done: val emotion F1 {r['val_emo_f1']:.3f}, val leakage "
+                     f"{r['val_leakage']:.3f}, {'feasible' if r['feasible'] else 'INFEASIBLE'} ({r['trial_s']:.0f} s)")
+        else:
+            self.say(f"  trial {trial.trial_id} stopped early at epoch {int(r.get('epochs_done', 0))} "
+                     f"(online objective {r.get('online_objective', float('nan')):.3f})"
+                     + (f"; released {released} placement group(s)" if released else ""))
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        release_trial(self.runs / trial.trial_id)
+        self.say(f"  trial {trial.trial_id} FAILED: {_error(self.runs / trial.trial_id, trial)}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _error(run: Path, trial: Any) -> str:
+    f = run / ERROR_FILE
+    text = f.read_text() if f.exists() else ""
+    if not text and getattr(trial, "error_file", None) and Path(trial.error_file).exists():
+        text = Path(trial.error_file).read_text()
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip()[:300] if lines else "error"
+
+
+# --- results ----------------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def collect(out: Path, rounds: Sequence[dict[str, Any]], space: Space) -> list[dict[str, Any]]:
+    """One row per trial of every round, in start order."""
+    rows = []
+    for rnd in rounds:
+        path = out / rnd["name"]
+        if not path.exists() or not tune.Tuner.can_restore(str(path)):
+            continue
+        for t in tune.ExperimentAnalysis(str(path)).trials:
+            run = out / "runs" / t.trial_id
+            rec, res = _read(run / TRIAL_FILE), _read(run / RESULT_FILE)
+            last = t.last_result or {}
+            if t.status == "ERROR":
+                status = "error"
+            elif res:
+                status = "completed"
+            elif t.status == "TERMINATED":
+                status = "stopped"  # ASHA stopped it before the probes
+            else:
+                status = "unfinished"
+            params = t.config
+            row: dict[str, Any] = {"trial_id": t.trial_id, "round": rnd["name"], "status": status,
+                                   **{k: params.get(k) for k in space.params}}
+            row |= {k: res.get(k, float("nan")) for k in ("val_emo_f1", "val_emo_f1_last", "val_leakage", "val_spk_acc",
+                                                          "probe_emo_from_spk_f1", "probe_spk_from_emo_acc")}
+            row |= {"feasible": bool(res.get("feasible", 0.0)), "objective": res.get("objective", float("nan")),
+                    "online_leakage": last.get("online_leakage", float("nan")),
+                    "epochs_done": int(last.get("epochs_done", 0)), "trial_s": res.get("trial_s", float("nan")),
+                    "started": rec.get("started", float("nan")), "seed": rec.get("seed"), "run": str(run),
+                    "error": _error(run, t) if status == "error" else ""}
+            rows.append(row)
+    rows.sort(key=lambda r: (math.isnan(r["started"]), r["started"]))
+    done = [r for r in rows if r["status"] == "completed"]
+    for r, on in zip(done, pareto_mask([r["val_emo_f1"] for r in done], [r["val_leakage"] for r in done]),
+                     strict=True):
+        r["pareto"] = on
+    for i, r in enumerate(rows):
+        r["order"] = i
+        r.setdefault("pareto", False)
+    return rows
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], space: Space, floor: float, baseline: dict[str, Any],
+                  multi_objective: bool) -> dict[str, Any] | None:
+    """trials.csv, pareto.png, best.yaml (when a trial is feasible) and summary.json."""
+    best = choose_best(rows)
+    cols = ["order", "trial_id", "round", "status", *space.params, "val_emo_f1", "val_leakage", "feasible", "pareto",
+            "val_emo_f1_last", "objective", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "val_spk_acc",
+            "online_leakage", "epochs_done", "trial_s", "seed", "run", "error"]
+    pd.DataFrame(rows, columns=cols).to_csv(out / "trials.csv", index=False)
+    others = len(rows) - sum(r["status"] == "completed" for r in rows)
+    plot_pareto(rows, floor, best, baseline, out / "pareto.png", title=f"{space.study}: {len(rows)} trials"
+                + (f" ({others} failed, stopped early or unfinished: not shown)" if others else ""))
+    best_file = out / "best.yaml"
+    if best is not None:
+        text = Path(best["run"], "config.yaml").read_text()
+        best_file.write_text(f"# emodis tune ({space.study}): trial {best['trial_id']}, val leakage "
+                             f"{best['val_leakage']:.4f}, val emotion F1 {best['val_emo_f1']:.4f} (floor {floor:.4f})\n"
+                             + text)
+    elif best_file.exists():
+        best_file.unlink()
+    summary = {"study": space.study, "floor": floor, "baseline": baseline, "multi_objective": multi_objective,
+               "trials": len(rows), "completed": sum(r["status"] == "completed" for r in rows),
+               "feasible": sum(bool(r["feasible"]) for r in rows), "best": best}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return best
+
+
+def plot_pareto(rows: list[dict[str, Any]], floor: float, best: dict[str, Any] | None, baseline: dict[str, Any],
+                path: Path, title: str = "") -> None:
+    """Validation emotion F1 vs validation leakage: feasible (dots) and infeasible (crosses) trials, the
+    Pareto front, the floor, the chosen trial and the MTL baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "completed"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for feas, style in ((True, {"marker": "o", "color": "tab:blue", "label": "feasible"}),
+                        (False, {"marker": "x", "color": "tab:red", "label": "infeasible (F1 below floor)"})):
+        pts = [r for r in done if bool(r["feasible"]) == feas]
+        if pts:
+            ax.scatter([r["val_emo_f1"] for r in pts], [r["val_leakage"] for r in pts], s=36, **style)
+    front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["val_emo_f1"])
+    if front:
+        ax.plot([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], drawstyle="steps-pre",
+                color="tab:gray", lw=1, ls="--", marker="o", ms=12, mfc="none", label="Pareto front")
+    ax.axvline(floor, color="tab:orange", lw=1, label=f"F1 floor {floor:.3f}")
+    if best is not None:
+        ax.scatter([best["val_emo_f1"]], [best["val_leakage"]], marker="*", s=260, facecolor="none",
+                   edgecolor="black", lw=1.5, label=f"chosen {best['trial_id']}", zorder=5)
+    if "val_leakage" in baseline:
+        ax.scatter([baseline["val_emo_f1"]], [baseline["val_leakage"]], marker="D", color="tab:green", s=40,
+                   label="MTL baseline")
+    ax.set_xlabel("validation emotion macro-F1 (higher is better)")
+    ax.set_ylabel("validation leakage (probes; lower is better)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(res: SearchResult) -> str:
+    counts = pd.Series([r["status"] for r in res.rows]).value_counts().to_dict() if res.rows else {}
+    lines = [f"search {res.out}: {len(res.rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
+             f"{res.new_trials} new, {res.wall_s:.0f} s" + ("; INTERRUPTED: run again with --resume" if res.interrupted
+                                                          else "")]
+    if res.best:
+        b = res.best
+        lines.append(f"chosen: trial {b['trial_id']}: val leakage {b['val_leakage']:.3f}, val emotion F1 "
+                     f"{b['val_emo_f1']:.3f} (floor {res.floor:.3f}) -> {res.out / 'best.yaml'}")
+    else:
+        lines.append(f"no feasible trial (val emotion F1 >= {res.floor:.3f}): no best.yaml")
+    lines.append(f"trials.csv, pareto.png in {res.out}")
+    return "\n".join(lines)

@@ -26,6 +26,18 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
+# The training methods, in the order reports list them, with their labels. Every other place derives
+# from this one table: the type of ``method.name``, the CLI's choices, the report, the paper's grid.
+METHOD_LABELS: dict[str, str] = {"stl-emotion": "STL (emotion)", "stl-speaker": "STL (speaker)",
+                                 "mtl": "MTL baseline", "gr": "GR", "alt": "ALT", "conf": "CONF"}
+METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
+BASELINE = "mtl"  # what disentangling methods are compared with
+DISENTANGLING: tuple[str, ...] = ("gr", "alt", "conf")  # the methods with an adversarial aux term
+DIRECTIONS: tuple[str, ...] = ("spk2emo", "emo2spk", "both")  # which aux term(s) a method attacks
+MethodName = Literal[METHODS]  # type: ignore[valid-type]
+Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """How the synthetic EmoVox set is generated (DESIGN §3.4)."""
@@ -105,8 +117,8 @@ class ModelConfig:
 class MethodConfig:
     """Training objective and disentanglement method (DESIGN §6)."""
 
-    name: Literal["stl-emotion", "stl-speaker", "mtl", "gr", "alt", "conf"] = "mtl"
-    direction: Literal["spk2emo", "emo2spk", "both"] = "spk2emo"
+    name: MethodName = "mtl"
+    direction: Direction = "spk2emo"
     w_em_prim: float = 0.5
     w_spk_prim: float = 0.5
     w_spk_aux: float = 0.3  # emotion predicted from the speaker embedding

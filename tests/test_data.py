@@ -11,9 +11,10 @@ import ray
 from media import make_clip
 
 from emodis_ray.config import Config, load_config, replace
+from emodis_ray.data.cache import CacheMismatch, find_cache
 from emodis_ray.data.ingest import BadClipLog, TooManyBadClips, bad_fraction_of, cache_rows, preprocess, stream_rows
 from emodis_ray.data.manifest import manifest_hash, read_manifest, write_manifest
-from emodis_ray.data.rows import CacheMismatch, collate, find_cache
+from emodis_ray.data.rows import collate
 from emodis_ray.data.sources import table_manifest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]

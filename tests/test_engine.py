@@ -6,13 +6,12 @@ import pytest
 import torch
 from test_model import make_batch, tiny_model
 
+from emodis_ray.core.checkpoint import load_checkpoint, save_checkpoint
 from emodis_ray.core.loop import (
     autocast_context,
     evaluate,
-    load_checkpoint,
     predict,
     recompute_bn_stats,
-    save_checkpoint,
     seed_everything,
     train_epoch,
 )

@@ -17,6 +17,7 @@ import ray
 import torch
 
 from emodis_ray.config import Config, load_config, replace
+from emodis_ray.core.checkpoint import load_model
 from emodis_ray.core.loop import seed_everything, train_epoch
 from emodis_ray.core.methods import build_method
 from emodis_ray.core.model import build_model
@@ -25,11 +26,11 @@ from emodis_ray.data.labels import SPLITS
 from emodis_ray.data.manifest import read_manifest, write_manifest
 from emodis_ray.data.rows import collate
 from emodis_ray.data.sources import emovox_manifest
-from emodis_ray.evaluation.evaluate import RUN_FILE, evaluate_run
+from emodis_ray.evaluation.evaluate import evaluate_run
 from emodis_ray.evaluation.predict import predict_clips
-from emodis_ray.evaluation.reporting import compare_runs, report_runs
+from emodis_ray.evaluation.report import compare_runs, report_runs
 from emodis_ray.synth.generate import generate
-from emodis_ray.train.fit import load_model
+from emodis_ray.train.run_dir import RUN_FILE
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 

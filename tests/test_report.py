@@ -4,6 +4,7 @@ from matplotlib.image import imread
 from test_stats import make_evaluation, noisy
 
 from emodis_ray.data.labels import EMOTIONS
+from emodis_ray.evaluation.records import compare
 from emodis_ray.evaluation.report import (
     METHOD_LABELS,
     baseline_markdown,
@@ -14,7 +15,7 @@ from emodis_ray.evaluation.report import (
     table1_markdown,
     write_report,
 )
-from emodis_ray.evaluation.stats import compare, stuart_maxwell
+from emodis_ray.evaluation.stats import stuart_maxwell
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIMS = (256, 64)

@@ -7,22 +7,17 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 from statsmodels.stats.contingency_tables import SquareTable
 
+from emodis_ray.core.scores import accuracy, macro_f1
 from emodis_ray.data.labels import majority_chance_f1
+from emodis_ray.evaluation.records import Comparison, Estimate, Evaluation, build_evaluation, compare
 from emodis_ray.evaluation.stats import (
-    Comparison,
-    Estimate,
-    Evaluation,
     above_chance,
-    accuracy,
     bootstrap_ci,
-    build_evaluation,
     chance_levels,
-    compare,
     contingency,
     leakage,
     leakage_ci,
     leakage_score,
-    macro_f1,
     paired_bootstrap_diff,
     stuart_maxwell,
 )

@@ -21,13 +21,15 @@ import ray
 import torch
 
 from emodis_ray.config import Config, SynthConfig, load_config, replace
+from emodis_ray.core.checkpoint import load_model
 from emodis_ray.core.methods import METHODS
 from emodis_ray.core.model import build_model
 from emodis_ray.data.ingest import preprocess
 from emodis_ray.data.manifest import write_manifest
 from emodis_ray.data.sources import emovox_manifest
 from emodis_ray.synth.generate import generate
-from emodis_ray.train.fit import TrainResult, fit, load_model, train_loop_per_worker
+from emodis_ray.train.fit import TrainResult, fit
+from emodis_ray.train.worker import train_loop_per_worker
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 

@@ -24,22 +24,20 @@ from emodis_ray.config import Config, ConfigError, SynthConfig, load_config, rep
 from emodis_ray.data.ingest import preprocess
 from emodis_ray.data.manifest import write_manifest
 from emodis_ray.data.sources import emovox_manifest
-from emodis_ray.search.space import (
+from emodis_ray.search.driver import SearchResult
+from emodis_ray.search.driver import search as run_search
+from emodis_ray.search.select import (
     PENALTY,
-    SearchResult,
-    SpaceError,
-    apply_params,
     asha_schedule,
     choose_best,
     floor_from_baseline,
     is_feasible,
-    load_space,
     objective_value,
     pareto_mask,
-    run_search,
     smoothed_f1,
     trial_concurrency,
 )
+from emodis_ray.search.space import SpaceError, apply_params, load_space
 from emodis_ray.synth.generate import generate
 
 SPACES = sorted((Path(__file__).parent.parent / "tune_spaces").glob("*.yaml"))

@@ -127,6 +127,7 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     from emodis_ray.data.manifest import read_manifest, write_manifest
     from emodis_ray.data.rows import collate
     from emodis_ray.data.sources import emovox_manifest
+    from emodis_ray.runtime.session import ray_session
     from emodis_ray.synth.generate import generate
 
     torch.set_num_threads(1)
@@ -164,8 +165,7 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
 
     say(f"(c) Ray Data pipeline on all CPUs, {len(big)} clips ...")
     t0 = time.perf_counter()
-    ray.init(num_cpus=res.cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(num_cpus=res.cpus, dashboard=False, log_to_driver=False):
         res.ray_startup_s = time.perf_counter() - t0
         t_start = time.perf_counter()
         n, n_first, t_first = 0, 0, 0.0
@@ -213,8 +213,6 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
         res.per_clip_ms["d"] = 1e3 * total / m
         # after the first batch: what a long epoch streams at
         res.per_clip_ms["d_steady"] = 1e3 * (total - res.cache_first_batch_s) / max(1, m - cfg.data.batch_size)
-    finally:
-        ray.shutdown()
 
     for k, ms in res.per_clip_ms.items():
         res.clips_per_s[k] = 1e3 / ms

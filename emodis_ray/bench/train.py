@@ -1,7 +1,7 @@
 """`emodis bench train`: what Ray Train costs over the plain loop, measured side by side in one run.
 
 On the same feature cache and config:
-  (a) the pure loop: ``engine.train_epoch`` + validation + a checkpoint per epoch, in this process, no Ray;
+  (a) the pure loop: ``core.loop.run_epoch`` + a checkpoint per epoch, in this process, no Ray;
   (b) the same loop under ``TorchTrainer`` with one worker (``train.fit``);
   (c) the same with two workers.
 Per epoch: training seconds (inside ``train_epoch``) and whole-epoch seconds (training, validation,
@@ -17,7 +17,6 @@ import json
 import os
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,11 +64,11 @@ def pure_loop(cache_root: Path, cfg: Config, num_speakers: int, workdir: Path,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from emodis_ray.core.loop import predict, recompute_bn_stats, save_checkpoint, seed_everything, train_epoch
+    from emodis_ray.core.checkpoint import model_kwargs_of, save_checkpoint
+    from emodis_ray.core.loop import run_epoch, seed_everything
     from emodis_ray.core.methods import build_method, build_schedulers
     from emodis_ray.core.model import build_model
     from emodis_ray.data.rows import collate
-    from emodis_ray.train.fit import keep_last, model_kwargs_of
 
     table = pa.concat_tables([pq.read_table(p) for p in sorted(cache_root.glob("shard-*.parquet"))])
     cols = table.to_pydict()
@@ -91,12 +90,8 @@ def pure_loop(cache_root: Path, cfg: Config, num_speakers: int, workdir: Path,
     train_s, epoch_s, clips = [], [], 0.0
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
-        last: deque[Any] = deque(maxlen=cfg.train.precise_bn_batches)
-        logs = train_epoch(model, keep_last(batches("train", True, epoch), last), method, opt, epoch,
-                           cfg.train.epochs, "cpu", contextlib.nullcontext(), log_every=0)
-        sched.step()
-        recompute_bn_stats(model, last, "cpu")
-        predict(model, batches("val", False, epoch), "cpu")
+        logs = run_epoch(model, batches("train", True, epoch), batches("val", False, epoch), method, opt, sched,
+                         epoch, cfg.train.epochs, "cpu", contextlib.nullcontext(), cfg.train.precise_bn_batches).logs
         save_checkpoint(workdir / "pure.pt", model, opt, sched, epoch)
         train_s.append(logs["epoch_time_s"])
         epoch_s.append(time.perf_counter() - t0)
@@ -127,12 +122,12 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
                 workdir: Path | None = None, progress: bool = True) -> TrainBench:
     """Run (a), (b), (c) on one feature cache. Without ``manifest``, writes the config's synthetic set
     (the tiny preset: 12 people x 24 clips) into ``workdir`` (a temporary folder by default) first."""
-    import ray
     import torch
 
     from emodis_ray.config import load_config
     from emodis_ray.data.ingest import preprocess
     from emodis_ray.data.manifest import read_manifest
+    from emodis_ray.runtime.session import ray_session
 
     say = print if progress else (lambda *a, **k: None)
     cfg = cfg or load_config("tiny")
@@ -140,36 +135,32 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
     work = Path(tmp.name if tmp else workdir)  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        if manifest is None:
-            manifest = synthetic_manifest(work, cfg, say, progress)
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else work / "cache"
-        say("feature cache ...")
-        info = preprocess(manifest, cache_dir, cfg, progress=progress)
-        cfg = replace(cfg, data={"cache_dir": str(cache_dir)}, train={"epochs": epochs, "fail_at_epoch": -1})
-        num_speakers = int(read_manifest(manifest)["speaker_idx"].max()) + 1
-        what = (f"{cfg.method.name}, width {cfg.model.width}, {cfg.features.face_size} px faces, "
-                f"{cfg.features.clip_s:g} s clips, batch {cfg.data.batch_size}")
-        res = TrainBench(clips_train=info.splits.get("train", 0), clips_val=info.splits.get("val", 0),
-                         epochs=epochs, cpus=cpus, config=what)
+        with ray_session(num_cpus=cpus, dashboard=False, log_to_driver=False):  # a local cluster unless one runs
+            if manifest is None:
+                manifest = synthetic_manifest(work, cfg, say, progress)
+            cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else work / "cache"
+            say("feature cache ...")
+            info = preprocess(manifest, cache_dir, cfg, progress=progress)
+            cfg = replace(cfg, data={"cache_dir": str(cache_dir)}, train={"epochs": epochs, "fail_at_epoch": -1})
+            num_speakers = int(read_manifest(manifest)["speaker_idx"].max()) + 1
+            what = (f"{cfg.method.name}, width {cfg.model.width}, {cfg.features.face_size} px faces, "
+                    f"{cfg.features.clip_s:g} s clips, batch {cfg.data.batch_size}")
+            res = TrainBench(clips_train=info.splits.get("train", 0), clips_val=info.splits.get("val", 0),
+                             epochs=epochs, cpus=cpus, config=what)
 
-        say("(a) pure loop, one thread (as a one-CPU Ray worker) ...")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            res.runs["pure"] = pure_loop(info.root, cfg, num_speakers, work, progress)
-        finally:
-            torch.set_num_threads(threads)
-        for workers in (1, 2):
-            say(f"({'bc'[workers - 1]}) TorchTrainer, {workers} worker{'s' if workers > 1 else ''} ...")
-            run_cfg = replace(cfg, train={"workers": workers})
-            res.runs[f"ray{workers}"] = ray_loop(manifest, work / f"ray{workers}", run_cfg, progress)
+            say("(a) pure loop, one thread (as a one-CPU Ray worker) ...")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                res.runs["pure"] = pure_loop(info.root, cfg, num_speakers, work, progress)
+            finally:
+                torch.set_num_threads(threads)
+            for workers in (1, 2):
+                say(f"({'bc'[workers - 1]}) TorchTrainer, {workers} worker{'s' if workers > 1 else ''} ...")
+                run_cfg = replace(cfg, train={"workers": workers})
+                res.runs[f"ray{workers}"] = ray_loop(manifest, work / f"ray{workers}", run_cfg, progress)
     finally:
-        if started:
-            ray.shutdown()
         if tmp is not None:
             tmp.cleanup()
     pure, r1, r2 = res.runs["pure"], res.runs["ray1"], res.runs["ray2"]

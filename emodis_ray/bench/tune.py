@@ -83,11 +83,11 @@ def trials_to_target(rows: list[dict[str, Any]], target: float) -> int | None:
 def bench_tune(space_path: Path, params: list[str], cfg: Config, grid_values: int = 3, tpe_trials: int = 6,
                epochs: int = 3, manifest: Path | None = None, workdir: Path | None = None, floor: float | None = None,
                seed: int = 0, progress: bool = True) -> TuneBench:
-    import ray
-
     from emodis_ray.bench.train import synthetic_manifest
     from emodis_ray.data.ingest import preprocess
-    from emodis_ray.search.space import load_space, run_search
+    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.search.driver import search
+    from emodis_ray.search.space import load_space
     from emodis_ray.train.fit import fit
 
     say = print if progress else (lambda *a, **k: None)
@@ -96,58 +96,54 @@ def bench_tune(space_path: Path, params: list[str], cfg: Config, grid_values: in
     work = Path(tmp.name if tmp else workdir).resolve()  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
-    started = not ray.is_initialized()
-    if started:
-        # the dashboard serves the State API that Ray Train's cleaner needs to let go of ASHA-stopped trials
-        ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
-        if manifest is None:
-            manifest = synthetic_manifest(work, cfg, say, progress)
-        cache = Path(cfg.data.cache_dir or work / "cache").resolve()
-        say("feature cache ...")
-        preprocess(manifest, cache, cfg, progress=False)
-        cfg = replace(cfg, data={"cache_dir": str(cache)}, train={"epochs": epochs})
-        centre = _centre(space, grid_values)
-        what = (f"{space.study} space, {cfg.model.width} width, {cfg.features.face_size} px faces, "
-                f"{cfg.train.workers} worker(s)")
-        res = TuneBench(config=what, cpus=cpus, epochs=epochs, params=list(params),
-                        grid_size=grid_values ** len(params), tpe_trials=tpe_trials)
+        # the dashboard serves the State API that Ray Train's cleaner needs to let go of ASHA-stopped trials
+        with ray_session(num_cpus=cpus, dashboard=True, log_to_driver=False):
+            if manifest is None:
+                manifest = synthetic_manifest(work, cfg, say, progress)
+            cache = Path(cfg.data.cache_dir or work / "cache").resolve()
+            say("feature cache ...")
+            preprocess(manifest, cache, cfg, progress=False)
+            cfg = replace(cfg, data={"cache_dir": str(cache)}, train={"epochs": epochs})
+            centre = _centre(space, grid_values)
+            what = (f"{space.study} space, {cfg.model.width} width, {cfg.features.face_size} px faces, "
+                    f"{cfg.train.workers} worker(s)")
+            res = TuneBench(config=what, cpus=cpus, epochs=epochs, params=list(params),
+                            grid_size=grid_values ** len(params), tpe_trials=tpe_trials)
 
-        say(f"(a) bare TorchTrainer run of the grid's centre {centre} ...")
-        t0 = time.perf_counter()
-        bare = fit(manifest, work / "bare", space.config(cfg, centre), progress=False)
-        bare_s = time.perf_counter() - t0
-        steady = _steady_epoch(bare.metrics)
-        res.bare = {"fit_s": bare_s, "first_report_s": bare.first_report_s,
-                    "startup_s": bare.first_report_s - steady, "epoch_s": steady}
+            say(f"(a) bare TorchTrainer run of the grid's centre {centre} ...")
+            t0 = time.perf_counter()
+            bare = fit(manifest, work / "bare", space.config(cfg, centre), progress=False)
+            bare_s = time.perf_counter() - t0
+            steady = _steady_epoch(bare.metrics)
+            res.bare = {"fit_s": bare_s, "first_report_s": bare.first_report_s,
+                        "startup_s": bare.first_report_s - steady, "epoch_s": steady}
 
-        say(f"(b) grid search, {res.grid_size} trials ...")
-        grid = run_search(space, manifest, work / "grid", cfg, res.grid_size, grid=grid_values, floor=floor,
-                          seed=seed, progress=progress)
-        res.floor = grid.floor
-        done = [r for r in grid.rows if r["status"] == "completed"]
-        match = [r for r in done if all(_close(r[k], v) for k, v in centre.items())]
-        res.tuned = _trial_timing(Path(match[0]["run"])) if match else {}
-        res.tuned["tune_gap_s"] = _gap(done)
-        best = min((r for r in done if r["feasible"]), key=lambda r: r["val_leakage"], default=None)
-        res.grid = {"trials": len(grid.rows), "wall_s": grid.wall_s,
-                    "best_leakage": best["val_leakage"] if best else float("nan"),
-                    "best_trial": best["trial_id"] if best else None}
+            say(f"(b) grid search, {res.grid_size} trials ...")
+            grid = search(space, manifest, work / "grid", cfg, res.grid_size, grid=grid_values, floor=floor,
+                              seed=seed, progress=progress)
+            res.floor = grid.floor
+            done = [r for r in grid.rows if r["status"] == "completed"]
+            match = [r for r in done if all(_close(r[k], v) for k, v in centre.items())]
+            res.tuned = _trial_timing(Path(match[0]["run"])) if match else {}
+            res.tuned["tune_gap_s"] = _gap(done)
+            best = min((r for r in done if r["feasible"]), key=lambda r: r["val_leakage"], default=None)
+            res.grid = {"trials": len(grid.rows), "wall_s": grid.wall_s,
+                        "best_leakage": best["val_leakage"] if best else float("nan"),
+                        "best_trial": best["trial_id"] if best else None}
 
-        say(f"(c) TPE search, {tpe_trials} trials ...")
-        tpe = run_search(space, manifest, work / "tpe", cfg, tpe_trials, floor=grid.floor, seed=seed,
-                         progress=progress)
-        target = res.grid["best_leakage"] * (1 + WITHIN)
-        res.tpe = {"trials": len(tpe.rows), "wall_s": tpe.wall_s, "target": target,
-                   "stopped": sum(r["status"] == "stopped" for r in tpe.rows),
-                   "leakage_by_trial": [r["val_leakage"] if r["status"] == "completed" else None for r in tpe.rows],
-                   "trials_to_target": trials_to_target(tpe.rows, target),
-                   "best_leakage": tpe.best["val_leakage"] if tpe.best else float("nan")}
-        res.ratios = {"fit_ratio": res.tuned.get("fit_s", float("nan")) / bare_s,
-                      "trials_to_target_over_grid": (res.tpe["trials_to_target"] or float("nan")) / res.grid_size}
+            say(f"(c) TPE search, {tpe_trials} trials ...")
+            tpe = search(space, manifest, work / "tpe", cfg, tpe_trials, floor=grid.floor, seed=seed,
+                             progress=progress)
+            target = res.grid["best_leakage"] * (1 + WITHIN)
+            res.tpe = {"trials": len(tpe.rows), "wall_s": tpe.wall_s, "target": target,
+                       "stopped": sum(r["status"] == "stopped" for r in tpe.rows),
+                       "leakage_by_trial": [r["val_leakage"] if r["status"] == "completed" else None for r in tpe.rows],
+                       "trials_to_target": trials_to_target(tpe.rows, target),
+                       "best_leakage": tpe.best["val_leakage"] if tpe.best else float("nan")}
+            res.ratios = {"fit_ratio": res.tuned.get("fit_s", float("nan")) / bare_s,
+                          "trials_to_target_over_grid": (res.tpe["trials_to_target"] or float("nan")) / res.grid_size}
     finally:
-        if started:
-            ray.shutdown()
         if tmp is not None:
             tmp.cleanup()
     return res

@@ -338,12 +338,13 @@ def _add_bench_tune(bsub: argparse._SubParsersAction) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from emodis_ray.runtime.session import ray_session
-    from emodis_ray.search.space import load_space, run_search
+    from emodis_ray.search.driver import search
+    from emodis_ray.search.space import load_space
 
     cfg = load_config(args.config, args.overrides)
     space = load_space(args.space, cfg)
     with ray_session(args.address, num_cpus=args.num_cpus):
-        res = run_search(space, Path(args.manifest), Path(args.out), cfg, args.trials,
+        res = search(space, Path(args.manifest), Path(args.out), cfg, args.trials,
                          multi_objective=args.multi_objective, resume=args.resume, floor=args.floor,
                          baseline=Path(args.baseline) if args.baseline else None, seed=args.seed,
                          max_concurrent=args.max_concurrent)
@@ -414,7 +415,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from emodis_ray.evaluation.reporting import compare_runs, comparison_text
+    from emodis_ray.evaluation.report import compare_runs, comparison_text
 
     c = compare_runs(Path(args.run_a), Path(args.run_b), n_boot=args.bootstrap)
     print(comparison_text(c))
@@ -437,7 +438,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from emodis_ray.evaluation.reporting import report_runs
+    from emodis_ray.evaluation.report import report_runs
 
     path = report_runs([Path(r) for r in args.runs], Path(args.out), title=args.title)
     print(f"wrote {path}")

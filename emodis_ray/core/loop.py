@@ -1,4 +1,7 @@
-"""Training and evaluation loop pieces, free of Ray: one epoch, evaluation, seeding, precision, checkpoints.
+"""The epoch loop, free of Ray: one epoch of training, precise BatchNorm, validation, seeding, precision.
+
+:func:`run_epoch` is the whole per-epoch sequence (train, step the schedulers, recompute the BatchNorm
+statistics, predict the validation rows); the Ray Train worker and the no-Ray benchmark both call it.
 
 A batch is a dict of tensors: ``audio`` [B, N, 1, 40, T], ``faces`` [B, N, C, D, D] (float in [-1, 1], or
 uint8 that :func:`to_device` scales), ``mask`` [B, N] bool,
@@ -9,27 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from emodis_ray.core.methods import Method, Optimizers, Schedulers
 from emodis_ray.core.model import unwrap
+from emodis_ray.core.scores import accuracy, macro_f1
 
 log = logging.getLogger(__name__)
 
 TENSOR_KEYS = ("audio", "faces", "mask", "emotion", "speaker")
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -177,14 +180,13 @@ def metrics(pred: Mapping[str, np.ndarray], num_emotions: int = 5) -> dict[str, 
     """Emotion macro-F1 over all ``num_emotions`` classes, identity top-1 accuracy, the same for the aux
     heads (``aux_emo_f1``: emotion from the speaker embedding, an online leakage estimate;
     ``aux_spk_acc``: identity from the emotion embedding) and the mean cross-entropies."""
-    labels = list(range(num_emotions))
     e, s = pred["emotion"], pred["speaker"]
     out = {
-        "emo_f1": f1_score(e, pred["emo_pred"], average="macro", labels=labels, zero_division=0),
-        "emo_acc": float(np.mean(pred["emo_pred"] == e)),
-        "spk_acc": float(np.mean(pred["spk_pred"] == s)),
-        "aux_emo_f1": f1_score(e, pred["aux_emo_pred"], average="macro", labels=labels, zero_division=0),
-        "aux_spk_acc": float(np.mean(pred["aux_spk_pred"] == s)),
+        "emo_f1": macro_f1(e, pred["emo_pred"], num_emotions),
+        "emo_acc": accuracy(e, pred["emo_pred"]),
+        "spk_acc": accuracy(s, pred["spk_pred"]),
+        "aux_emo_f1": macro_f1(e, pred["aux_emo_pred"], num_emotions),
+        "aux_spk_acc": accuracy(s, pred["aux_spk_pred"]),
         "n": float(len(e)),
     }
     out.update({k: float(np.mean(pred[k])) for k in ("loss_emo", "loss_spk", "loss_aux_emo", "loss_aux_spk")})
@@ -198,61 +200,38 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], device: torc
     return metrics(pred, num_emotions=unwrap(model).emo_head.out_features)
 
 
-# --- checkpoints ------------------------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """torch (CPU and CUDA), NumPy and Python RNG states as tensors and plain lists (weights_only-safe)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "state": list(py_state), "gauss_next": gauss_next},
-    }
+def keep_last(batches: Iterable[T], last: deque[T]) -> Iterator[T]:
+    """Yield ``batches`` unchanged, keeping the most recent ones in ``last`` (a bounded deque)."""
+    for b in batches:
+        if last.maxlen:
+            last.append(b)
+        yield b
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+@dataclass(frozen=True)
+class EpochResult:
+    logs: dict[str, float]  # train_epoch's means, clips, throughput, epoch_time_s
+    lrs: dict[str, float]  # the learning rates this epoch trained with
+    pred: dict[str, np.ndarray]  # predict() on the validation batches given
+    val_s: float  # seconds spent predicting them
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizers: Optimizers, schedulers: Schedulers | None,
-                    epoch: int, extra: Mapping[str, Any] | None = None) -> None:
-    """Plain (unwrapped) state dicts, optimiser and scheduler states, the epoch, ``extra`` (plain Python
-    values and tensors only) and this process's RNG states; written atomically, loadable with
-    ``torch.load(weights_only=True)``."""
-    state = {
-        "model": unwrap(model).state_dict(),
-        "optimizers": optimizers.state_dict(),
-        "schedulers": schedulers.state_dict() if schedulers is not None else None,
-        "epoch": int(epoch),
-        "extra": dict(extra or {}),
-        "rng": rng_state(),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, model: nn.Module, optimizers: Optimizers | None = None,
-                    schedulers: Schedulers | None = None, restore_rng: bool = True) -> dict[str, Any]:
-    """Load what ``save_checkpoint`` wrote into (possibly wrapped) ``model`` and the optimisers and
-    schedulers given; returns ``{"epoch": ..., "extra": ...}``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    unwrap(model).load_state_dict(state["model"])
-    if optimizers is not None:
-        optimizers.load_state_dict(state["optimizers"])
-    if schedulers is not None and state["schedulers"] is not None:
-        schedulers.load_state_dict(state["schedulers"])
-    if restore_rng:
-        set_rng_state(state["rng"])
-    return {"epoch": state["epoch"], "extra": state["extra"]}
+def run_epoch(model: nn.Module, train_batches: Iterable[Mapping[str, Any]],
+              val_batches: Iterable[Mapping[str, Any]], method: Method, optimizers: Optimizers,
+              schedulers: Schedulers, epoch: int, epochs: int, device: torch.device | str,
+              autocast: AbstractContextManager[Any], precise_bn_batches: int, *,
+              steps_per_epoch: int | None = None,
+              on_step: Callable[[float, float], None] | None = None) -> EpochResult:
+    """One whole epoch: train on ``train_batches``, step the schedulers, recompute every BatchNorm's
+    statistics over the epoch's last ``precise_bn_batches`` batches (kept as they pass, no extra read),
+    then predict ``val_batches`` with the plain (unwrapped) model. Under DDP each rank passes its own shard
+    and gathers ``pred`` afterwards."""
+    last: deque[Mapping[str, Any]] = deque(maxlen=precise_bn_batches)
+    logs = train_epoch(model, keep_last(train_batches, last), method, optimizers, epoch, epochs, device, autocast,
+                       log_every=0, steps_per_epoch=steps_per_epoch, on_step=on_step)
+    lrs = {"lr": optimizers.main.param_groups[0]["lr"], "aux_lr": optimizers.aux.param_groups[0]["lr"]}
+    schedulers.step()
+    recompute_bn_stats(unwrap(model), last, device, autocast)  # the running averages lag the final weights
+    t0 = time.perf_counter()
+    pred = predict(unwrap(model), val_batches, device, autocast)
+    return EpochResult(logs=logs, lrs=lrs, pred=pred, val_s=time.perf_counter() - t0)

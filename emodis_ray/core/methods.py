@@ -1,4 +1,4 @@
-"""Training objectives and disentanglement methods (DESIGN §6): STL, MTL, GR, ALT, CONF behind one interface.
+"""Training objectives and disentanglement methods (docs/design.md §6): STL, MTL, GR, ALT, CONF behind one interface.
 
 Terms (e, s the emotion and speaker labels):
     L_prim = w_em_prim * CE(emo_logits, e) + w_spk_prim * CE(spk_logits, s)
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emodis_ray.config import DIRECTIONS, DISENTANGLING, METHODS, MethodConfig
 from emodis_ray.core.model import ModelOutput, unwrap
 
-METHODS = ("stl-emotion", "stl-speaker", "mtl", "gr", "alt", "conf")
-DIRECTIONS = ("spk2emo", "emo2spk", "both")
+_DEFAULTS = MethodConfig()  # the defaults live with the config, once
 
 
 class GradReverse(torch.autograd.Function):
@@ -124,14 +124,14 @@ class Method:
     """One training objective. ``step`` does the forward/backward/optimiser steps of one batch."""
 
     name: str
-    direction: str = "spk2emo"
-    w_em_prim: float = 0.5
-    w_spk_prim: float = 0.5
-    w_spk_aux: float = 0.3  # CE(aux_emo_logits, e): emotion from the speaker embedding
-    w_em_aux: float = 0.3  # CE(aux_spk_logits, s): identity from the emotion embedding
-    grl_lambda: float = 1.0
-    grl_schedule: str = "constant"
-    conf_weight: float = 1.0
+    direction: str = _DEFAULTS.direction
+    w_em_prim: float = _DEFAULTS.w_em_prim
+    w_spk_prim: float = _DEFAULTS.w_spk_prim
+    w_spk_aux: float = _DEFAULTS.w_spk_aux  # CE(aux_emo_logits, e): emotion from the speaker embedding
+    w_em_aux: float = _DEFAULTS.w_em_aux  # CE(aux_spk_logits, s): identity from the emotion embedding
+    grl_lambda: float = _DEFAULTS.grl_lambda
+    grl_schedule: str = _DEFAULTS.grl_schedule
+    conf_weight: float = _DEFAULTS.conf_weight
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -144,12 +144,12 @@ class Method:
     @property
     def adv_spk2emo(self) -> bool:
         """Is the emotion-from-speaker aux term adversarial?"""
-        return self.name in ("gr", "alt", "conf") and self.direction in ("spk2emo", "both")
+        return self.name in DISENTANGLING and self.direction in ("spk2emo", "both")
 
     @property
     def adv_emo2spk(self) -> bool:
         """Is the identity-from-emotion aux term adversarial?"""
-        return self.name in ("gr", "alt", "conf") and self.direction in ("emo2spk", "both")
+        return self.name in DISENTANGLING and self.direction in ("emo2spk", "both")
 
     @property
     def two_step(self) -> bool:
@@ -286,10 +286,7 @@ def _floats(terms: dict[str, Tensor], **more: Tensor | float) -> dict[str, float
     return {k: float(v) for k, v in {**items, **dict(zip(keys, vals, strict=True))}.items()}
 
 
-def build_method(name: str, direction: str = "spk2emo", w_em_prim: float = 0.5, w_spk_prim: float = 0.5,
-                 w_spk_aux: float = 0.3, w_em_aux: float = 0.3, grl_lambda: float = 1.0,
-                 grl_schedule: str = "constant", conf_weight: float = 1.0) -> Method:
-    """Plain keyword arguments: ``build_method(**asdict(cfg.method))``."""
-    return Method(name=name, direction=direction, w_em_prim=w_em_prim, w_spk_prim=w_spk_prim,
-                  w_spk_aux=w_spk_aux, w_em_aux=w_em_aux, grl_lambda=grl_lambda,
-                  grl_schedule=grl_schedule, conf_weight=conf_weight)
+def build_method(name: str, **options: Any) -> Method:
+    """Plain keyword arguments: ``build_method(**asdict(cfg.method))``; options left out take the
+    defaults of :class:`~emodis_ray.config.MethodConfig`."""
+    return Method(name=name, **options)

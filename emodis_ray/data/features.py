@@ -9,7 +9,7 @@ Layout of one clip (N = segments per clip, T = mel frames per segment, D = face 
     faces  uint8   [N, C, D, D]        the frame at each segment's centre, zeros where padded
     mask   bool    [N]                 True for real segments
 Faces stay uint8 until the batch reaches the model (4x less to move and cache);
-:func:`to_model_inputs` scales them to [-1, 1].
+:func:`~emodis_ray.core.loop.to_device` scales them to [-1, 1].
 """
 
 from __future__ import annotations

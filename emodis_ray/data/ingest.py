@@ -7,7 +7,7 @@ Choices (for a node of C CPUs):
   CPUs the training workers leave free — never zero, or Ray Data starves and the job hangs).
 - Batches of 4 clips per actor call: small enough that a slow clip doesn't hold up many others,
   large enough to amortise the per-call overhead (≈1 ms vs 20–150 ms per clip).
-- Output blocks are segment rows (``shards.ROW_SCHEMA``, ~0.1–4 MB per clip). Ray Data's default
+- Output blocks are segment rows (``rows.ROW_SCHEMA``, ~0.1–4 MB per clip). Ray Data's default
   streaming backpressure caps the bytes in flight, so a fast decoder cannot flood the object store.
 - ``preserve_order`` is on: rows reach the trainer in manifest order whatever actor decoded them,
   which makes runs reproducible; shuffling happens in the consumer's local buffer (seeded).
@@ -29,10 +29,12 @@ import pyarrow as pa
 import ray
 
 from emodis_ray.config import Config, FeatureConfig
+from emodis_ray.data.cache import CacheInfo, cache_root, find_cache, read_bad, write_shard
 from emodis_ray.data.decode import ClipDecoder
 from emodis_ray.data.features import BadClip
 from emodis_ray.data.manifest import manifest_hash, read_manifest
-from emodis_ray.data.rows import ROW_SCHEMA, CacheInfo, cache_root, find_cache, read_bad, to_row, write_shard
+from emodis_ray.data.rows import ROW_SCHEMA, to_row
+from emodis_ray.runtime.session import decoder_count
 from emodis_ray.runtime.telemetry import record_ingest
 
 ROW_COLUMNS = ["clip_id", "split", "emotion_idx", "speaker_idx", "video_abspath", "audio_abspath"]
@@ -105,7 +107,7 @@ def stream_rows(manifest: pd.DataFrame, split: str | None, cfg: Config, log: Any
     ds = ray.data.from_arrow([rows.slice(i, step) for i in range(0, rows.num_rows, step)] or [rows])
     return ds.map_batches(
         DecodeClips, batch_format="pandas", batch_size=4, num_cpus=1,
-        concurrency=(1, max(1, max_decoders or int(ray.cluster_resources().get("CPU", 1)))),
+        concurrency=(1, decoder_count(max_decoders)),
         fn_constructor_kwargs={"features": asdict(cfg.features), "timeout_s": cfg.data.decode_timeout_s,
                                "retries": cfg.data.decode_retries, "log": log},
     )
@@ -191,7 +193,7 @@ def preprocess(manifest_path: Path, cache_dir: Path, cfg: Config, progress: bool
     info.save()
     todo = [i for i in range(n_shards) if not info.shard_path(i).exists()]
     t0 = time.perf_counter()
-    n_workers = max(1, min(len(todo), max_decoders or int(ray.cluster_resources().get("CPU", 1))))
+    n_workers = max(1, min(len(todo), decoder_count(max_decoders)))
     writers = [ShardWriter.remote(asdict(cfg.features), cfg.data.decode_timeout_s, cfg.data.decode_retries)
                for _ in range(n_workers)]
     pool = ray.util.ActorPool(writers)

@@ -12,7 +12,6 @@ each head's and each probe's prediction) and ``RUN/confusion.png``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,45 +19,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emodis_ray.config import Config, load_config
+from emodis_ray.config import Config
+from emodis_ray.core.checkpoint import MODEL_FILE
 from emodis_ray.data.labels import EMOTIONS, SPLITS
-from emodis_ray.evaluation.stats import Evaluation, build_evaluation
-
-RUN_FILE = "run.json"  # written by `emodis train`: the manifest it trained on
-
-
-def run_manifest(run: Path, manifest: Path | None = None) -> Path:
-    """The manifest a run trained on (from ``RUN/run.json``), unless one is given."""
-    if manifest is not None:
-        return manifest
-    f = run / RUN_FILE
-    if not f.exists():
-        raise FileNotFoundError(f"{run}: no {RUN_FILE} to say which manifest it trained on; pass --manifest")
-    return Path(json.loads(f.read_text())["manifest"])
-
-
-def run_config(run: Path) -> Config:
-    if not (run / "model.pt").exists():
-        raise FileNotFoundError(f"{run}: no model.pt — is it a finished `emodis train` run?")
-    return load_config(run / "config.yaml")
+from emodis_ray.evaluation.records import Evaluation, build_evaluation
+from emodis_ray.train.run_dir import run_config, run_manifest
 
 
 def embed_splits(run: Path, manifest: Path, cfg: Config, actors: int | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{split: columns of ``infer.embed_rows``} for train, val and test, in one pass of one actor pool."""
-    import ray
-
+    from emodis_ray.data.cache import find_cache
     from emodis_ray.data.ingest import cache_rows, stream_rows
     from emodis_ray.data.manifest import manifest_hash, read_manifest
-    from emodis_ray.data.rows import find_cache
     from emodis_ray.evaluation.infer import embed_rows
+    from emodis_ray.runtime.session import pool_size
 
     df = read_manifest(manifest)
     if cfg.data.cache_dir:
         rows = cache_rows(find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features), None)
     else:
         rows = stream_rows(df, None, cfg)
-    n = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
-    cols = embed_rows(rows, run / "model.pt", cfg.features, batch_size=cfg.data.batch_size, actors=n,
+    n = pool_size(actors)
+    cols = embed_rows(rows, run / MODEL_FILE, cfg.features, batch_size=cfg.data.batch_size, actors=n,
                       use_gpu=cfg.train.use_gpu)
     return {s: {k: v[cols["split"] == s] for k, v in cols.items()} for s in SPLITS}
 

@@ -28,7 +28,7 @@ class EmbedClips:
     def __init__(self, model_path: str, features: dict[str, Any], use_gpu: bool = False) -> None:
         import torch
 
-        from emodis_ray.train.fit import load_model
+        from emodis_ray.core.checkpoint import load_model
 
         torch.set_num_threads(1)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

@@ -37,13 +37,12 @@ def predict_clips(run: Path, out: Path, videos: Path | None = None, manifest: Pa
                   actors: int | None = None, address: str | None = None) -> pd.DataFrame:
     """Write ``out`` (Parquet): clip id, predicted emotion, one probability per class, both embeddings;
     and ``<out stem>.bad_clips.csv`` for clips that could not be decoded."""
-    import ray
-
+    from emodis_ray.core.checkpoint import MODEL_FILE
     from emodis_ray.data.ingest import BadClipLog, bad_fraction_of, stream_rows, write_bad_clips
     from emodis_ray.data.manifest import read_manifest
-    from emodis_ray.evaluation.evaluate import run_config
     from emodis_ray.evaluation.infer import embed_rows, predictions_frame
-    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.runtime.session import pool_size, ray_session
+    from emodis_ray.train.run_dir import run_config
 
     if (videos is None) == (manifest is None):
         raise ValueError("give exactly one of --videos DIR or --manifest FILE")
@@ -53,8 +52,7 @@ def predict_clips(run: Path, out: Path, videos: Path | None = None, manifest: Pa
     with ray_session(address):
         log = BadClipLog.remote()
         ds = stream_rows(rows, None, cfg, log=log)
-        n = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
-        cols = embed_rows(ds, run / "model.pt", cfg.features, batch_size=cfg.data.batch_size, actors=n,
+        cols = embed_rows(ds, run / MODEL_FILE, cfg.features, batch_size=cfg.data.batch_size, actors=pool_size(actors),
                           use_gpu=cfg.train.use_gpu)
         bad, _ = bad_fraction_of(log, expected=len(rows))
     df = predictions_frame(cols)

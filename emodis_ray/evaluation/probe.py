@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emodis_ray.core.scores import accuracy, macro_f1
 from emodis_ray.data.labels import EMOTIONS
-from emodis_ray.evaluation.stats import accuracy, macro_f1
 
 ProbeMetric = Literal["f1", "acc"]
 EMB_KEYS = ("emo_emb", "spk_emb", "emotion", "speaker")

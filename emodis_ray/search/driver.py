@@ -1,20 +1,32 @@
 """The search driver behind `emodis tune`: the floor, the Tuner (Optuna TPE + ASHA, or a grid), resume and
-extend, and the outputs (trials.csv, pareto.png, best.yaml). Layout of the search folder: ``tune.py``.
+extend; the outputs are :mod:`emodis_ray.search.outputs`'.
 
 Rounds: the first call runs the experiment ``search``; ``--resume`` restores an interrupted round with
 ``Tuner.restore`` (finished trials are not run again; the one that was running restarts and its Train run
 resumes from its checkpoint), and, when more trials are asked for than the search holds, starts a new round
 ``search-2``, ... whose Optuna searcher loads the persisted study (``optuna.db``), so TPE knows every earlier
 trial. Its sampler is seeded with ``seed + trials so far`` so a round does not replay the previous draws.
+
+The search folder ``OUT``::
+
+    search.json          what the search is (space, config, manifest, floor, rounds); checked on --resume
+    optuna.db            the Optuna study (SQLite): every told trial; reloaded to extend a search
+    baseline/            the MTL baseline run (when the floor was not given)
+    search/, search-2/   Ray Tune experiments (one per round; a round is resumed with Tuner.restore)
+    runs/<trial id>/     each trial's run folder: trial.json (params, seed, manifest hash), config.yaml,
+                         metrics, model.pt, result.json (validation probes) or error.txt
+    trials.csv           every trial: params, val emotion F1, val leakage, feasible, status, error
+    pareto.png           emotion F1 vs leakage; feasible/infeasible, the Pareto front and the chosen trial
+    best.yaml            the chosen trial's full config (``emodis train --config OUT/best.yaml`` accepts it)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +35,10 @@ import ray
 from ray import tune
 
 from emodis_ray.config import Config, replace
-from emodis_ray.search.space import (
-    SearchResult,
-    Space,
-    asha_schedule,
-    choose_best,
-    floor_from_baseline,
-    pareto_mask,
-    run_f1,
-    trial_concurrency,
-)
+from emodis_ray.search.outputs import collect, fmt, trial_error, write_outputs
+from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, trial_concurrency
+from emodis_ray.search.space import Space
 from emodis_ray.search.trial import (
-    ERROR_FILE,
-    RESULT_FILE,
-    TRIAL_FILE,
     TrialSetup,
     probe_val_leakage,
     release_trial,
@@ -50,9 +52,26 @@ IDENTITY = ("space_digest", "config_hash", "manifest_hash", "multi_objective", "
 Say = Callable[..., None]
 
 
-def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *, multi_objective: bool,
-           resume: bool, floor: float | None, baseline: Path | None, seed: int, grid: int | None,
-           max_concurrent: int | None, progress: bool, callbacks: Sequence[Any]) -> SearchResult:
+@dataclass
+class SearchResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    floor: float
+    wall_s: float
+    new_trials: int  # trials started by this call
+    interrupted: bool = False
+    baseline: dict[str, Any] = field(default_factory=dict)
+
+
+def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *, multi_objective: bool = False,
+           resume: bool = False, floor: float | None = None, baseline: Path | None = None, seed: int = 0,
+           grid: int | None = None, max_concurrent: int | None = None, progress: bool = True,
+           callbacks: Sequence[Any] = ()) -> SearchResult:
+    """Run (or resume, or extend to ``trials`` trials) a search on ``manifest`` into ``out`` (see the module
+    docstring): the floor from ``floor``, a ``baseline`` run or a new MTL baseline; Optuna TPE (or a
+    ``grid`` of that many values per parameter) proposes; each trial is a Ray Train run plus validation probes."""
+    manifest, out = Path(manifest), Path(out)
     from emodis_ray.data.manifest import manifest_hash, read_manifest
     from emodis_ray.runtime.session import ray_session
 
@@ -255,7 +274,7 @@ class _Progress(tune.Callback):
             print(line, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        params = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in trial.config.items())
+        params = ", ".join(f"{k.split('.')[-1]}={fmt(v)}" for k, v in trial.config.items())
         self.say(f"  trial {trial.trial_id} started: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -271,131 +290,7 @@ class _Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         release_trial(self.runs / trial.trial_id)
-        self.say(f"  trial {trial.trial_id} FAILED: {_error(self.runs / trial.trial_id, trial)}")
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _error(run: Path, trial: Any) -> str:
-    f = run / ERROR_FILE
-    text = f.read_text() if f.exists() else ""
-    if not text and getattr(trial, "error_file", None) and Path(trial.error_file).exists():
-        text = Path(trial.error_file).read_text()
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].strip()[:300] if lines else "error"
-
-
-# --- results ----------------------------------------------------------------------------------------------
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def collect(out: Path, rounds: Sequence[dict[str, Any]], space: Space) -> list[dict[str, Any]]:
-    """One row per trial of every round, in start order."""
-    rows = []
-    for rnd in rounds:
-        path = out / rnd["name"]
-        if not path.exists() or not tune.Tuner.can_restore(str(path)):
-            continue
-        for t in tune.ExperimentAnalysis(str(path)).trials:
-            run = out / "runs" / t.trial_id
-            rec, res = _read(run / TRIAL_FILE), _read(run / RESULT_FILE)
-            last = t.last_result or {}
-            if t.status == "ERROR":
-                status = "error"
-            elif res:
-                status = "completed"
-            elif t.status == "TERMINATED":
-                status = "stopped"  # ASHA stopped it before the probes
-            else:
-                status = "unfinished"
-            params = t.config
-            row: dict[str, Any] = {"trial_id": t.trial_id, "round": rnd["name"], "status": status,
-                                   **{k: params.get(k) for k in space.params}}
-            row |= {k: res.get(k, float("nan")) for k in ("val_emo_f1", "val_emo_f1_last", "val_leakage", "val_spk_acc",
-                                                          "probe_emo_from_spk_f1", "probe_spk_from_emo_acc")}
-            row |= {"feasible": bool(res.get("feasible", 0.0)), "objective": res.get("objective", float("nan")),
-                    "online_leakage": last.get("online_leakage", float("nan")),
-                    "epochs_done": int(last.get("epochs_done", 0)), "trial_s": res.get("trial_s", float("nan")),
-                    "started": rec.get("started", float("nan")), "seed": rec.get("seed"), "run": str(run),
-                    "error": _error(run, t) if status == "error" else ""}
-            rows.append(row)
-    rows.sort(key=lambda r: (math.isnan(r["started"]), r["started"]))
-    done = [r for r in rows if r["status"] == "completed"]
-    for r, on in zip(done, pareto_mask([r["val_emo_f1"] for r in done], [r["val_leakage"] for r in done]),
-                     strict=True):
-        r["pareto"] = on
-    for i, r in enumerate(rows):
-        r["order"] = i
-        r.setdefault("pareto", False)
-    return rows
-
-
-def write_outputs(out: Path, rows: list[dict[str, Any]], space: Space, floor: float, baseline: dict[str, Any],
-                  multi_objective: bool) -> dict[str, Any] | None:
-    """trials.csv, pareto.png, best.yaml (when a trial is feasible) and summary.json."""
-    best = choose_best(rows)
-    cols = ["order", "trial_id", "round", "status", *space.params, "val_emo_f1", "val_leakage", "feasible", "pareto",
-            "val_emo_f1_last", "objective", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "val_spk_acc",
-            "online_leakage", "epochs_done", "trial_s", "seed", "run", "error"]
-    pd.DataFrame(rows, columns=cols).to_csv(out / "trials.csv", index=False)
-    others = len(rows) - sum(r["status"] == "completed" for r in rows)
-    plot_pareto(rows, floor, best, baseline, out / "pareto.png", title=f"{space.study}: {len(rows)} trials"
-                + (f" ({others} failed, stopped early or unfinished: not shown)" if others else ""))
-    best_file = out / "best.yaml"
-    if best is not None:
-        text = Path(best["run"], "config.yaml").read_text()
-        best_file.write_text(f"# emodis tune ({space.study}): trial {best['trial_id']}, val leakage "
-                             f"{best['val_leakage']:.4f}, val emotion F1 {best['val_emo_f1']:.4f} (floor {floor:.4f})\n"
-                             + text)
-    elif best_file.exists():
-        best_file.unlink()
-    summary = {"study": space.study, "floor": floor, "baseline": baseline, "multi_objective": multi_objective,
-               "trials": len(rows), "completed": sum(r["status"] == "completed" for r in rows),
-               "feasible": sum(bool(r["feasible"]) for r in rows), "best": best}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return best
-
-
-def plot_pareto(rows: list[dict[str, Any]], floor: float, best: dict[str, Any] | None, baseline: dict[str, Any],
-                path: Path, title: str = "") -> None:
-    """Validation emotion F1 vs validation leakage: feasible (dots) and infeasible (crosses) trials, the
-    Pareto front, the floor, the chosen trial and the MTL baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in rows if r["status"] == "completed"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for feas, style in ((True, {"marker": "o", "color": "tab:blue", "label": "feasible"}),
-                        (False, {"marker": "x", "color": "tab:red", "label": "infeasible (F1 below floor)"})):
-        pts = [r for r in done if bool(r["feasible"]) == feas]
-        if pts:
-            ax.scatter([r["val_emo_f1"] for r in pts], [r["val_leakage"] for r in pts], s=36, **style)
-    front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["val_emo_f1"])
-    if front:
-        ax.plot([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], drawstyle="steps-pre",
-                color="tab:gray", lw=1, ls="--", marker="o", ms=12, mfc="none", label="Pareto front")
-    ax.axvline(floor, color="tab:orange", lw=1, label=f"F1 floor {floor:.3f}")
-    if best is not None:
-        ax.scatter([best["val_emo_f1"]], [best["val_leakage"]], marker="*", s=260, facecolor="none",
-                   edgecolor="black", lw=1.5, label=f"chosen {best['trial_id']}", zorder=5)
-    if "val_leakage" in baseline:
-        ax.scatter([baseline["val_emo_f1"]], [baseline["val_leakage"]], marker="D", color="tab:green", s=40,
-                   label="MTL baseline")
-    ax.set_xlabel("validation emotion macro-F1 (higher is better)")
-    ax.set_ylabel("validation leakage (probes; lower is better)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        self.say(f"  trial {trial.trial_id} FAILED: {trial_error(self.runs / trial.trial_id, trial)}")
 
 
 def summary(res: SearchResult) -> str:

@@ -1,23 +1,7 @@
-"""`emodis tune`: search spaces, the selection rule, and the Ray Tune + Optuna search (DESIGN §8).
-
-A search space is a YAML file of ``tune_spaces/`` (see :func:`load_space`): fixed ``base`` overrides and
-sampled ``params``, both keyed by dotted config keys, so a trial's config is the preset, then ``--set``,
-then ``base``, then its sampled values. The objective is the probe-based *validation* leakage (probes
-trained on train, early-stopped and scored on val; the test split is never read), subject to an emotion-F1
-floor: by default the MTL baseline's validation F1 minus the space's tolerance. Infeasible trials are
-reported to Optuna with a penalty and are never chosen.
-
-The search folder ``OUT``::
-
-    search.json          what the search is (space, config, manifest, floor, rounds); checked on --resume
-    optuna.db            the Optuna study (SQLite): every told trial; reloaded to extend a search
-    baseline/            the MTL baseline run (when the floor was not given)
-    search/, search-2/   Ray Tune experiments (one per round; a round is resumed with Tuner.restore)
-    runs/<trial id>/     each trial's run folder: trial.json (params, seed, manifest hash), config.yaml,
-                         metrics, model.pt, result.json (validation probes) or error.txt
-    trials.csv           every trial: params, val emotion F1, val leakage, feasible, status, error
-    pareto.png           emotion F1 vs leakage; feasible/infeasible, the Pareto front and the chosen trial
-    best.yaml            the chosen trial's full config (``emodis train --config OUT/best.yaml`` accepts it)
+"""Search spaces for `emodis tune` (docs/design.md §8): a YAML file (``tune_spaces/``) of fixed ``base``
+overrides and sampled ``params``, both keyed by dotted config keys, so a trial's config is the preset, then
+``--set``, then ``base``, then its sampled values. See :func:`load_space` for the format; every error names
+the file and the key.
 """
 
 from __future__ import annotations
@@ -26,7 +10,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +27,6 @@ DISTRIBUTIONS: dict[str, tuple[set[str], set[str]]] = {  # name -> (required key
 SPACE_KEYS = {"study", "description", "base", "params", "objective", "start"}
 OBJECTIVE_KEYS = {"tolerance", "f1_epochs"}
 DEFAULT_TOLERANCE = 0.02
-PENALTY = 1.0  # added to an infeasible trial's leakage in the objective told to Optuna
 
 
 class SpaceError(ValueError):
@@ -250,108 +233,3 @@ def load_space(path: str | Path, cfg: Config | None = None) -> Space:
     return Space(path=path, study=str(data.get("study") or path.stem), description=str(data.get("description", "")),
                  base=dict(base), params=params, tolerance=tol, f1_epochs=f1_epochs,
                  start=tuple(start))
-
-
-# --- the selection rule (pure) ------------------------------------------------------------------------
-
-
-def smoothed_f1(per_epoch: Sequence[float], k: int = 1) -> float:
-    """A run's emotion F1: the mean of its last ``k`` finite per-epoch values (NaN when there are none). On a
-    small validation split one epoch's F1 swings by several points; a short mean steadies the floor and the
-    feasibility verdict."""
-    vals = [float(v) for v in per_epoch if v is not None and math.isfinite(float(v))][-max(1, k):]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def run_f1(rows: Sequence[Mapping[str, Any]], k: int = 1) -> float:
-    """:func:`smoothed_f1` of a training run's per-epoch metric rows (their ``val_emo_f1``)."""
-    return smoothed_f1([r.get("val_emo_f1", float("nan")) for r in rows], k)
-
-
-def floor_from_baseline(baseline_emo_f1: float, tolerance: float) -> float:
-    """The emotion-F1 floor: the baseline's validation F1 minus the tolerance."""
-    return float(baseline_emo_f1) - float(tolerance)
-
-
-def is_feasible(emo_f1: float | None, leakage: float | None, floor: float) -> bool:
-    """A trial is feasible when it has both validation figures and its emotion F1 meets the floor."""
-    if emo_f1 is None or leakage is None or not math.isfinite(emo_f1) or not math.isfinite(leakage):
-        return False
-    return emo_f1 >= floor
-
-
-def objective_value(leakage: float, feasible: bool) -> float:
-    """What Optuna minimises: the leakage, plus :data:`PENALTY` when infeasible (infeasible always ranks last)."""
-    return float(leakage) + (0.0 if feasible else PENALTY)
-
-
-def choose_best(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The completed, feasible trial with the lowest validation leakage (ties: higher emotion F1, then the
-    earlier trial); None when no trial is feasible. Rows need ``status``, ``feasible``, ``val_leakage``,
-    ``val_emo_f1``."""
-    ok = [(i, r) for i, r in enumerate(rows) if r.get("status") == "completed" and bool(r.get("feasible"))]
-    if not ok:
-        return None
-    return min(ok, key=lambda ir: (float(ir[1]["val_leakage"]), -float(ir[1]["val_emo_f1"]), ir[0]))[1]
-
-
-def asha_schedule(epochs: int, reduction_factor: int = 2) -> tuple[int, int] | None:
-    """ASHA's ``(grace_period, max_t)`` in epochs, or None when a run is too short to stop early (< 3 epochs).
-    ``max_t`` is one epoch short of the run, so no rung sits on the last epoch: a trial that trained to the end
-    is never stopped before its probes."""
-    if epochs < 3:
-        return None
-    max_t = epochs - 1
-    return min(max(1, epochs // 4), max(1, max_t // reduction_factor)), max_t
-
-
-def pareto_mask(emo_f1: Sequence[float], leakage: Sequence[float]) -> list[bool]:
-    """Which points no other point dominates (emotion F1 at least as high and leakage at least as low, one
-    of them strictly); NaN points are never on the front."""
-    pts = list(zip(emo_f1, leakage, strict=True))
-    out = []
-    for i, (f, lk) in enumerate(pts):
-        if not (math.isfinite(f) and math.isfinite(lk)):
-            out.append(False)
-            continue
-        out.append(not any(j != i and math.isfinite(g) and math.isfinite(m) and g >= f and m <= lk
-                           and (g > f or m < lk) for j, (g, m) in enumerate(pts)))
-    return out
-
-
-# --- the search -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class SearchResult:
-    out: Path
-    rows: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    floor: float
-    wall_s: float
-    new_trials: int  # trials started by this call
-    interrupted: bool = False
-    baseline: dict[str, Any] = field(default_factory=dict)
-
-
-def trial_concurrency(cfg: Config, cpus: float, gpus: float = 0.0) -> int:
-    """Concurrent trials that fit the cluster: each trial's workers (one CPU each, or one GPU each) plus one
-    whole CPU left for its Ray Data tasks (without it Ray Data starves and the run hangs; DESIGN §9)."""
-    workers = cfg.train.workers
-    n = int(cpus // (workers + 1))
-    if cfg.train.use_gpu:
-        n = min(n, int(gpus // workers))
-    return max(1, n)
-
-
-def run_search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
-               multi_objective: bool = False, resume: bool = False, floor: float | None = None,
-               baseline: Path | None = None, seed: int = 0, grid: int | None = None,
-               max_concurrent: int | None = None, progress: bool = True,
-               callbacks: Sequence[Any] = ()) -> SearchResult:
-    """Run (or resume, or extend to ``trials`` trials) a search; see the module docstring and ``tune_run.py``."""
-    from emodis_ray.search.driver import search
-
-    return search(space, Path(manifest), Path(out), cfg, trials, multi_objective=multi_objective, resume=resume,
-                  floor=floor, baseline=baseline, seed=seed, grid=grid, max_concurrent=max_concurrent,
-                  progress=progress, callbacks=callbacks)

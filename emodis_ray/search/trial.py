@@ -25,7 +25,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from emodis_ray.config import Config, replace
 from emodis_ray.evaluation.stats import chance_levels, leakage
-from emodis_ray.search.space import PENALTY, apply_params, is_feasible, objective_value, run_f1, smoothed_f1
+from emodis_ray.search.select import PENALTY, is_feasible, objective_value, run_f1, smoothed_f1
+from emodis_ray.search.space import apply_params
 
 TRIAL_FILE, RESULT_FILE, ERROR_FILE = "trial.json", "result.json", "error.txt"
 PG_FILE = "placement_groups.txt"  # the Train run's placement groups, for release_trial()
@@ -125,9 +126,9 @@ def release_trial(run: Path) -> int:
 def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> dict[str, float]:
     """Leakage probes of a trained run on validation: embeddings of train and val (never test) from the frozen
     model, probes trained on train and early-stopped and scored on val; chance from the val priors."""
+    from emodis_ray.data.cache import find_cache
     from emodis_ray.data.ingest import cache_rows
     from emodis_ray.data.manifest import manifest_hash, read_manifest
-    from emodis_ray.data.rows import find_cache
     from emodis_ray.evaluation.infer import embed_rows
     from emodis_ray.evaluation.probe import run_probes
 

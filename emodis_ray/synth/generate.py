@@ -260,12 +260,11 @@ def _run_serial(specs: list[ClipSpec], cfg: SynthConfig, videos_dir: str, bar: A
 def _run_ray(specs: list[ClipSpec], cfg: SynthConfig, videos_dir: str, bar: Any) -> dict[int, np.ndarray]:
     import ray
 
-    started = not ray.is_initialized()
-    if started:  # (1) a local Ray, only if none is running
-        ray.init(num_cpus=cfg.workers or None, include_dashboard=False, log_to_driver=False)
-    try:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = min(32, max(1, math.ceil(len(specs) / (4 * cpus))))
+    from emodis_ray.runtime.session import cluster_cpus, ray_session
+
+    # (1) the running Ray, else a local one for this call only
+    with ray_session(num_cpus=cfg.workers or None, dashboard=False, log_to_driver=False):
+        size = min(32, max(1, math.ceil(len(specs) / (4 * max(1, cluster_cpus())))))
         task = ray.remote(num_cpus=1)(render_batch)  # (2) one task per batch of clips
         pending = {task.remote(specs[i:i + size], cfg, videos_dir): min(size, len(specs) - i)
                    for i in range(0, len(specs), size)}
@@ -276,9 +275,6 @@ def _run_ray(specs: list[ClipSpec], cfg: SynthConfig, videos_dir: str, bar: Any)
                 logits.update(ray.get(ref))
                 bar.update(pending.pop(ref))
         return logits
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _cell(items: list[Any]) -> np.ndarray:

@@ -24,7 +24,7 @@ def run_demo(out: Path, cfg: Config, address: str | None = None) -> dict[str, Pa
     from emodis_ray.data.manifest import write_manifest
     from emodis_ray.data.sources import emovox_manifest
     from emodis_ray.evaluation.evaluate import evaluate_run, summary_line
-    from emodis_ray.evaluation.reporting import report_runs
+    from emodis_ray.evaluation.report import report_runs
     from emodis_ray.runtime.session import ray_session
     from emodis_ray.synth.generate import generate
     from emodis_ray.train.fit import fit

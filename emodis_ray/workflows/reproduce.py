@@ -31,7 +31,7 @@ def reproduce(manifest: Path, out: Path, cfg: Config, methods: Sequence[str] = G
               spk_dims: Sequence[int] | None = None, address: str | None = None, progress: bool = True) -> Path:
     """Train and evaluate every cell, then write ``OUT/report.md`` (Table 1, Fig. 3a/3b, significance)."""
     from emodis_ray.evaluation.evaluate import evaluate_run
-    from emodis_ray.evaluation.reporting import report_runs
+    from emodis_ray.evaluation.report import report_runs
     from emodis_ray.runtime.session import ray_session
     from emodis_ray.train.fit import fit
 

@@ -1,0 +1,214 @@
+"""The serialisable records of an evaluation (docs/design.md §7): :class:`Estimate` (a value with its
+bootstrap interval), :class:`Evaluation` (one run's test figures, written as ``evaluation.json``) and
+:class:`Comparison` (two runs on the same test clips). Plain data: JSON in and out, NaN as null.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emodis_ray.core.scores import accuracy, macro_f1
+from emodis_ray.data.labels import EMOTIONS
+from emodis_ray.evaluation.stats import (
+    StuartMaxwell,
+    _num,
+    bootstrap_ci,
+    chance_levels,
+    contingency,
+    leakage,
+    leakage_ci,
+    paired_bootstrap_diff,
+    stuart_maxwell,
+)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its bootstrap interval (``lo``/``hi`` None when not computed)."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+
+    @classmethod
+    def of(cls, triple: tuple[float, float, float]) -> Estimate:
+        return cls(*(float(t) for t in triple))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"value": _num(self.value), "lo": _num(self.lo), "hi": _num(self.hi)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | float) -> Estimate:
+        if isinstance(d, (int, float)):
+            return cls(float(d))
+        f = lambda v: None if v is None else float(v)
+        return cls(math.nan if d["value"] is None else float(d["value"]), f(d.get("lo")), f(d.get("hi")))
+
+    def fmt(self, percent: bool = True, digits: int = 1) -> str:
+        """``"61.2 [58.0, 64.1]"`` (percent) or ``"0.612 [0.580, 0.641]"``."""
+        if not math.isfinite(self.value):
+            return "n/a"
+        scale, d = (100.0, digits) if percent else (1.0, digits + 2)
+        s = f"{self.value * scale:.{d}f}"
+        if self.lo is not None and self.hi is not None:
+            s += f" [{self.lo * scale:.{d}f}, {self.hi * scale:.{d}f}]"
+        return s
+
+
+SCHEMA_VERSION = 1
+_ESTIMATES = ("emo_f1", "spk_acc", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "leakage")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluated run reports (``evaluation.json``). All scores are on the test split, as fractions.
+
+    ``emo_f1``/``spk_acc`` come from the primary heads (None where the method does not train that head:
+    ``stl-speaker`` has no emotion head, ``stl-emotion`` no identity head). The probes are trained on the
+    frozen embeddings (DESIGN §7). ``aux_emo_f1``/``aux_spk_acc`` are the model's own auxiliary heads on the
+    test split (the online leakage estimate). ``emo_confusion`` is the primary emotion head's [K, K] confusion
+    counts (rows truth, columns prediction).
+    """
+
+    run: str
+    method: str
+    spk_dim: int
+    n_test: int
+    emo_f1: Estimate | None
+    spk_acc: Estimate | None
+    probe_emo_from_spk_f1: Estimate
+    probe_spk_from_emo_acc: Estimate
+    chance_emo_f1: float
+    chance_spk_acc: float
+    leakage: Estimate
+    leakage_emo_from_spk: float
+    leakage_spk_from_emo: float
+    aux_emo_f1: float | None = None
+    aux_spk_acc: float | None = None
+    emo_confusion: list[list[int]] | None = None
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in _ESTIMATES:
+            v = getattr(self, k)
+            d[k] = None if v is None else v.to_dict()
+        for k in ("chance_emo_f1", "chance_spk_acc", "leakage_emo_from_spk", "leakage_spk_from_emo",
+                  "aux_emo_f1", "aux_spk_acc"):
+            d[k] = _num(d[k])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
+        d = dict(d)
+        if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(f"evaluation schema version {d['schema_version']} (this code reads {SCHEMA_VERSION})")
+        for k in _ESTIMATES:
+            if d.get(k) is not None:
+                d[k] = Estimate.from_dict(d[k])
+        nan = lambda v: math.nan if v is None else float(v)
+        for k in ("chance_emo_f1", "chance_spk_acc", "leakage_emo_from_spk", "leakage_spk_from_emo"):
+            d[k] = nan(d[k])
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown evaluation fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> Evaluation:
+        return cls.from_dict(json.loads(text))
+
+
+def build_evaluation(run: str, method: str, spk_dim: int, emotion: np.ndarray, speaker: np.ndarray,
+                     emo_pred: np.ndarray | None, spk_pred: np.ndarray | None, probe_emo_from_spk_pred: np.ndarray,
+                     probe_spk_from_emo_pred: np.ndarray, aux_emo_pred: np.ndarray | None = None,
+                     aux_spk_pred: np.ndarray | None = None, num_emotions: int = len(EMOTIONS), n_boot: int = 1000,
+                     alpha: float = 0.05, seed: int = 0, extra: Mapping[str, Any] | None = None) -> Evaluation:
+    """Every headline figure of one run with its bootstrap interval, from per-clip test arrays: labels
+    (``emotion``, ``speaker``), primary-head predictions (None for a head the method does not train),
+    the two probes' predictions and, optionally, the aux heads' predictions."""
+    emotion, speaker = np.asarray(emotion), np.asarray(speaker)
+    f1 = functools.partial(macro_f1, num_classes=num_emotions)
+    boot = dict(n=n_boot, alpha=alpha, seed=seed)
+    chances = chance_levels(emotion, speaker, num_emotions)
+    p_f1 = Estimate.of(bootstrap_ci(f1, emotion, probe_emo_from_spk_pred, **boot))
+    p_acc = Estimate.of(bootstrap_ci(accuracy, speaker, probe_spk_from_emo_pred, **boot))
+    leak = leakage(p_f1.value, p_acc.value, chances)
+    cm = contingency(emotion, emo_pred, num_emotions).tolist() if emo_pred is not None else None
+    return Evaluation(
+        run=run, method=method, spk_dim=int(spk_dim), n_test=int(emotion.size),
+        emo_f1=None if emo_pred is None else Estimate.of(bootstrap_ci(f1, emotion, emo_pred, **boot)),
+        spk_acc=None if spk_pred is None else Estimate.of(bootstrap_ci(accuracy, speaker, spk_pred, **boot)),
+        probe_emo_from_spk_f1=p_f1, probe_spk_from_emo_acc=p_acc,
+        chance_emo_f1=chances[0], chance_spk_acc=chances[1],
+        leakage=Estimate.of(leakage_ci(emotion, probe_emo_from_spk_pred, speaker, probe_spk_from_emo_pred,
+                                       num_emotions, **boot)),
+        leakage_emo_from_spk=leak.emo_from_spk, leakage_spk_from_emo=leak.spk_from_emo,
+        aux_emo_f1=None if aux_emo_pred is None else macro_f1(emotion, aux_emo_pred, num_emotions),
+        aux_spk_acc=None if aux_spk_pred is None else accuracy(speaker, aux_spk_pred),
+        emo_confusion=cm, seed=seed, extra=dict(extra or {}),
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Model A vs model B on the same test clips (``compare.json``): Stuart–Maxwell on the emotion
+    predictions and paired-bootstrap differences (A − B) of the headline figures."""
+
+    run_a: str
+    run_b: str
+    method_a: str
+    method_b: str
+    spk_dim_a: int
+    spk_dim_b: int
+    stuart_maxwell: StuartMaxwell
+    diffs: dict[str, Estimate]  # e.g. "emo_f1", "spk_acc", "probe_emo_from_spk_f1"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("run_a", "run_b", "method_a", "method_b", "spk_dim_a", "spk_dim_b")}
+        d["stuart_maxwell"] = self.stuart_maxwell.to_dict()
+        d["diffs"] = {k: v.to_dict() for k, v in self.diffs.items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Comparison:
+        return cls(run_a=d["run_a"], run_b=d["run_b"], method_a=d["method_a"], method_b=d["method_b"],
+                   spk_dim_a=int(d["spk_dim_a"]), spk_dim_b=int(d["spk_dim_b"]),
+                   stuart_maxwell=StuartMaxwell.from_dict(d["stuart_maxwell"]),
+                   diffs={k: Estimate.from_dict(v) for k, v in d["diffs"].items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Comparison:
+        return cls.from_dict(json.loads(text))
+
+
+def compare(a: Evaluation, b: Evaluation, emotion: np.ndarray, emo_pred_a: np.ndarray, emo_pred_b: np.ndarray,
+            speaker: np.ndarray | None = None, spk_pred_a: np.ndarray | None = None,
+            spk_pred_b: np.ndarray | None = None, num_emotions: int = len(EMOTIONS), n_boot: int = 1000,
+            alpha: float = 0.05, seed: int = 0) -> Comparison:
+    """Stuart–Maxwell (α = 0.01) on the two models' emotion predictions, and paired-bootstrap intervals of the
+    differences A − B in emotion macro-F1 (and identity accuracy when the speaker arrays are given)."""
+    f1 = functools.partial(macro_f1, num_classes=num_emotions)
+    boot = dict(n=n_boot, alpha=alpha, seed=seed)
+    diffs = {"emo_f1": Estimate.of(paired_bootstrap_diff(f1, emotion, emo_pred_a, emo_pred_b, **boot))}
+    if speaker is not None and spk_pred_a is not None and spk_pred_b is not None:
+        diffs["spk_acc"] = Estimate.of(paired_bootstrap_diff(accuracy, speaker, spk_pred_a, spk_pred_b, **boot))
+    return Comparison(run_a=a.run, run_b=b.run, method_a=a.method, method_b=b.method, spk_dim_a=a.spk_dim,
+                      spk_dim_b=b.spk_dim, stuart_maxwell=stuart_maxwell(emo_pred_a, emo_pred_b, num_emotions),
+                      diffs=diffs)

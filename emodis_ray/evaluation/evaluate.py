@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from emodis_ray.config import Config
 from emodis_ray.core.checkpoint import MODEL_FILE
 from emodis_ray.data.labels import EMOTIONS, SPLITS
-from emodis_ray.evaluation.records import Evaluation, build_evaluation
+from emodis_ray.evaluation.records import (
+    EVALUATION_FILE,
+    PREDICTIONS_FILE,
+    Evaluation,
+    build_evaluation,
+    write_predictions,
+)
 from emodis_ray.train.run_dir import run_config, run_manifest
 
 
@@ -76,24 +80,14 @@ def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, se
         extra={"manifest": str(manifest), "config_hash": cfg.hash(), "seed": cfg.train.seed,
                "n_train": int(len(emb["train"]["clip_id"])), "n_val": int(len(emb["val"]["clip_id"]))},
     )
-    (run / "evaluation.json").write_text(ev.to_json())
-    write_predictions(run / "predictions.parquet", test, probes)
+    (run / EVALUATION_FILE).write_text(ev.to_json())
+    write_predictions(run / PREDICTIONS_FILE, test, probes)
     if ev.emo_confusion is not None:
         confusion_png(np.asarray(ev.emo_confusion), EMOTIONS, run / "confusion.png",
                       title=f"{run.name}: emotion (test)")
     (run / "evaluation.md").write_text(f"# Evaluation of `{run.name}`\n\n{runs_markdown([ev])}\n")
     say(summary_line(ev) + f"  [{time.perf_counter() - t0:.0f} s]")
     return ev
-
-
-def write_predictions(path: Path, test: dict[str, np.ndarray], probes: Any) -> None:
-    df = pd.DataFrame({
-        "clip_id": test["clip_id"].astype(str), "emotion": test["emotion"], "speaker": test["speaker"],
-        "emo_pred": test["emo_pred"], "spk_pred": test["spk_pred"], "aux_emo_pred": test["aux_emo_pred"],
-        "aux_spk_pred": test["aux_spk_pred"], "probe_emo_from_spk": probes.emo_from_spk_pred,
-        "probe_spk_from_emo": probes.spk_from_emo_pred,
-    })
-    df.to_parquet(path, index=False)
 
 
 def summary_line(ev: Evaluation) -> str:
@@ -106,14 +100,3 @@ def summary_line(ev: Evaluation) -> str:
                  f"identity from emo {ev.probe_spk_from_emo_acc.fmt()} (chance {100 * ev.chance_spk_acc:.1f})"
                  f" | leakage {ev.leakage.fmt()}")
     return " ".join(parts)
-
-
-def load_evaluation(run: Path) -> Evaluation:
-    f = run / "evaluation.json"
-    if not f.exists():
-        raise FileNotFoundError(f"{run}: not evaluated yet (no evaluation.json); run `emodis evaluate {run}`")
-    return Evaluation.from_json(f.read_text())
-
-
-def load_predictions(run: Path) -> pd.DataFrame:
-    return pd.read_parquet(run / "predictions.parquet")

@@ -1,6 +1,7 @@
 """The serialisable records of an evaluation (docs/design.md §7): :class:`Estimate` (a value with its
 bootstrap interval), :class:`Evaluation` (one run's test figures, written as ``evaluation.json``) and
-:class:`Comparison` (two runs on the same test clips). Plain data: JSON in and out, NaN as null.
+:class:`Comparison` (two runs on the same test clips). Plain data: JSON in and out, NaN as null. The
+files an evaluation leaves in a run folder are written and read here.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from emodis_ray.core.scores import accuracy, macro_f1
 from emodis_ray.data.labels import EMOTIONS
@@ -27,6 +30,9 @@ from emodis_ray.evaluation.stats import (
     paired_bootstrap_diff,
     stuart_maxwell,
 )
+
+EVALUATION_FILE = "evaluation.json"
+PREDICTIONS_FILE = "predictions.parquet"
 
 
 @dataclass(frozen=True)
@@ -212,3 +218,28 @@ def compare(a: Evaluation, b: Evaluation, emotion: np.ndarray, emo_pred_a: np.nd
     return Comparison(run_a=a.run, run_b=b.run, method_a=a.method, method_b=b.method, spk_dim_a=a.spk_dim,
                       spk_dim_b=b.spk_dim, stuart_maxwell=stuart_maxwell(emo_pred_a, emo_pred_b, num_emotions),
                       diffs=diffs)
+
+
+# --- in a run folder -----------------------------------------------------------------------------------
+def write_predictions(path: Path, test: dict[str, np.ndarray], probes: Any) -> None:
+    """``predictions.parquet``: per test clip, truth and every prediction (``probes``: a ``ProbeResult``)."""
+    df = pd.DataFrame({
+        "clip_id": test["clip_id"].astype(str), "emotion": test["emotion"], "speaker": test["speaker"],
+        "emo_pred": test["emo_pred"], "spk_pred": test["spk_pred"], "aux_emo_pred": test["aux_emo_pred"],
+        "aux_spk_pred": test["aux_spk_pred"], "probe_emo_from_spk": probes.emo_from_spk_pred,
+        "probe_spk_from_emo": probes.spk_from_emo_pred,
+    })
+    df.to_parquet(path, index=False)
+
+
+def load_evaluation(run: Path) -> Evaluation:
+    """The evaluation `emodis evaluate` wrote into a run folder."""
+    f = run / EVALUATION_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{run}: not evaluated yet (no evaluation.json); run `emodis evaluate {run}`")
+    return Evaluation.from_json(f.read_text())
+
+
+def load_predictions(run: Path) -> pd.DataFrame:
+    """Per test clip: truth, each head's and each probe's prediction."""
+    return pd.read_parquet(run / PREDICTIONS_FILE)

@@ -24,8 +24,7 @@ from matplotlib.figure import Figure
 
 from emodis_ray.config import BASELINE, DISENTANGLING, METHOD_LABELS, METHODS
 from emodis_ray.data.labels import EMOTIONS
-from emodis_ray.evaluation.evaluate import load_evaluation, load_predictions
-from emodis_ray.evaluation.records import Comparison, Estimate, Evaluation, compare
+from emodis_ray.evaluation.records import Comparison, Estimate, Evaluation, compare, load_evaluation, load_predictions
 from emodis_ray.evaluation.stats import ALPHA_STUART_MAXWELL
 
 METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(METHODS)}

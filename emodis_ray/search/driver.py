@@ -1,5 +1,5 @@
 """The search driver behind `emodis tune`: the floor, the Tuner (Optuna TPE + ASHA, or a grid), resume and
-extend; the outputs are :mod:`emodis_ray.search.outputs`'.
+extend. What a search writes is :mod:`emodis_ray.search.outputs`.
 
 Rounds: the first call runs the experiment ``search``; ``--resume`` restores an interrupted round with
 ``Tuner.restore`` (finished trials are not run again; the one that was running restarts and its Train run
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray
 from ray import tune
 
 from emodis_ray.config import Config, replace
@@ -73,7 +72,7 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
     ``grid`` of that many values per parameter) proposes; each trial is a Ray Train run plus validation probes."""
     manifest, out = Path(manifest), Path(out)
     from emodis_ray.data.manifest import manifest_hash, read_manifest
-    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.runtime.session import cluster_cpus, cluster_gpus, ray_session
 
     say: Say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
@@ -97,8 +96,7 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
                            f1_epochs=space.f1_epochs)
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                         {"CPU": 0, "memory": TRIAL_MEMORY})
-        resources = ray.cluster_resources()
-        concurrency = max_concurrent or trial_concurrency(base, resources.get("CPU", 1), resources.get("GPU", 0))
+        concurrency = max_concurrent or trial_concurrency(base, cluster_cpus(), cluster_gpus())
         rounds: list[dict[str, Any]] = state["rounds"]
         before = {r["trial_id"] for r in collect(out, rounds, space)}
         interrupted = False

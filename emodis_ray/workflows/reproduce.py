@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from emodis_ray.config import Config, replace
+from emodis_ray.config import METHODS, Config, replace
 
-GRID_METHODS: tuple[str, ...] = ("stl-emotion", "stl-speaker", "mtl", "gr", "alt", "conf")
+GRID_METHODS: tuple[str, ...] = METHODS  # every method, in report order
 PAPER_SPK_DIMS: tuple[int, ...] = (2048, 256, 64)
 
 

@@ -1,0 +1,110 @@
+"""`emodis bench ingest|train|tune`: benchmarks measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emodis_ray.cli.common import add_config_args
+from emodis_ray.config import load_config
+
+# --- bench -------------------------------------------------------------------------------------------
+
+
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from emodis_ray.bench.ingest import main as bench
+
+    bench(args.clips, args.rows, args.soak, args.json, args.workdir)
+    return 0
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: ingest, train, tune",
+                       description="Benchmarks that measure side by side in one run and print ratios.")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    b = bsub.add_parser(
+        "ingest", help="decode limit vs our features vs Ray Data vs the feature cache",
+        description="On synthetic clips of the paper's shape (12 s, 224x224, 25 fps, AAC audio), measure in one "
+                    "run: (a) PyAV decoding every frame on one thread, (b) our per-clip features on one thread, "
+                    "(c) the Ray Data pipeline on all CPUs, (d) reading the feature cache into tensors; the "
+                    "ratios (b)/(a), (c)/(b), (d)/(b); peak RSS per decode worker and its growth over a soak.")
+    b.add_argument("--clips", type=int, default=16, help="distinct synthetic clips to write (default: 16)")
+    b.add_argument("--rows", type=int, default=96, help="clip decodes in (c) and (d) (default: 96)")
+    b.add_argument("--soak", type=int, default=1000, help="clip decodes in the RSS soak (default: 1000; 0: skip)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--workdir", help="keep the synthetic clips here and reuse them (default: a temp folder)")
+    b.set_defaults(func=_cmd_bench_ingest)
+    add_bench_train(bsub)
+    add_bench_tune(bsub)
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from emodis_ray.bench.train import bench_train, write_json
+
+    cfg = load_config(args.config, args.overrides)
+    res = bench_train(epochs=args.epochs, cfg=cfg, manifest=Path(args.manifest) if args.manifest else None,
+                      workdir=Path(args.workdir) if args.workdir else None)
+    print()
+    print(res.format())
+    if args.json:
+        write_json(res, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_bench_train(bsub: argparse._SubParsersAction) -> None:
+    b = bsub.add_parser(
+        "train", help="pure training loop vs the same loop under TorchTrainer (1 and 2 workers)",
+        description="On one feature cache (by default a synthetic set of the config's synth.* size, written to a "
+                    "temporary folder), measure in one run: (a) the pure per-epoch loop in this process without "
+                    "Ray, (b) the same loop under TorchTrainer with one worker, (c) with two workers. Prints "
+                    "seconds per epoch (training, and whole epochs with validation and checkpoint), clips/s, "
+                    "Ray start-up, and the ratios: overhead (b)/(a) - 1 (target <= 10 %) and the 2-worker speedup.")
+    b.add_argument("--epochs", type=int, default=4, help="epochs per loop; the first is warm-up (default: 4)")
+    b.add_argument("--manifest", help="use this manifest instead of writing a synthetic set")
+    b.add_argument("--workdir", help="keep the synthetic set, cache and runs here (default: a temp folder)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    add_config_args(b)
+    b.set_defaults(func=_cmd_bench_train)
+
+
+def _cmd_bench_tune(args: argparse.Namespace) -> int:
+    from emodis_ray.bench.tune import bench_tune, write_json
+
+    cfg = load_config(args.config, args.overrides)
+    res = bench_tune(Path(args.space), [p.strip() for p in args.params.split(",") if p.strip()], cfg,
+                     grid_values=args.grid_values, tpe_trials=args.trials, epochs=args.epochs,
+                     manifest=Path(args.manifest) if args.manifest else None,
+                     workdir=Path(args.workdir) if args.workdir else None, floor=args.floor, seed=args.seed)
+    print()
+    print(res.format())
+    if args.json:
+        write_json(res, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_bench_tune(bsub: argparse._SubParsersAction) -> None:
+    b = bsub.add_parser(
+        "tune", help="Tune+Train overhead per trial; trials TPE needs to match a grid",
+        description="On one feature cache (by default a synthetic set of the config's synth.* size), measure in one "
+                    "run: (a) a bare TorchTrainer run of the grid's centre point, (b) a grid search over two "
+                    "parameters of a space under Tune (the same trial function as `emodis tune`), (c) an Optuna TPE "
+                    "search with ASHA over the same two parameters. Prints each trial's fit time over (a), start-up "
+                    "seconds, Tune's gap between trials, and how many TPE trials reach a validation leakage within "
+                    "10% of the grid's best feasible one (target: a third of the grid's size or fewer). About "
+                    "15 minutes on two CPUs with the defaults.")
+    b.add_argument("--space", default="tune_spaces/gr.yaml", help="search space (default: tune_spaces/gr.yaml)")
+    b.add_argument("--params", default="method.grl_lambda,method.w_spk_aux",
+                   help="comma-separated parameters of the space to search (default: method.grl_lambda,"
+                        "method.w_spk_aux)")
+    b.add_argument("--grid-values", type=int, default=3, help="grid values per parameter (default: 3)")
+    b.add_argument("--trials", type=int, default=6, help="TPE trials (default: 6)")
+    b.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: 3)")
+    b.add_argument("--floor", type=float, help="emotion-F1 floor (default: an MTL baseline's val F1 - tolerance)")
+    b.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
+    b.add_argument("--manifest", help="use this manifest instead of writing a synthetic set")
+    b.add_argument("--workdir", help="keep the data, cache and searches here (default: a temp folder)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    add_config_args(b)
+    b.set_defaults(func=_cmd_bench_tune)

@@ -1,0 +1,188 @@
+"""Training subcommands: `emodis train`, `emodis tune`, `emodis reproduce`, `emodis demo`, `emodis config`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emodis_ray.cli.common import add_address, add_config_args
+from emodis_ray.config import METHODS, load_config
+
+# --- train -----------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from emodis_ray.config import replace
+    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.train.fit import fit
+
+    sets = [f"{k}={v}" for k, v in (("method.name", args.method), ("train.workers", args.workers),
+                                    ("train.epochs", args.epochs)) if v is not None]
+    cfg = load_config(args.config, [*args.overrides, *sets])
+    if args.cache:
+        cfg = replace(cfg, data={"cache_dir": args.cache})  # a path, not parsed as YAML
+    out = Path(args.out)
+    print(f"train {cfg.method.name} ({cfg.method.direction}) with {cfg.train.workers} worker(s), "
+          f"{cfg.train.epochs} epochs -> {out}")
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        res = fit(Path(args.manifest), out, cfg, progress=True, storage=args.storage)
+    f = res.final
+    if f:
+        print(f"final (epoch {int(f['epoch']) + 1}): val emotion macro-F1 {f.get('val_emo_f1', float('nan')):.3f}, "
+              f"identity accuracy {f.get('val_spk_acc', float('nan')):.3f}; leakage (aux heads): emotion F1 from "
+              f"the speaker embedding {f.get('val_aux_emo_f1', float('nan')):.3f}, identity accuracy from the "
+              f"emotion embedding {f.get('val_aux_spk_acc', float('nan')):.3f}")
+    print(f"{res.source or 'nothing trained'}; {res.elapsed_s:.0f} s; outputs in {res.out}/ "
+          f"(metrics.csv, curves.png, model.pt, tensorboard/)")
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a method with Ray Train (DDP), resumable",
+        description=f"Train the multitask model with one method ({', '.join(METHODS)}) on "
+                    "the manifest's train split with N Ray Train workers (DDP: gloo on CPU; NCCL and "
+                    "train.precision=bf16 on GPU, one worker per GPU), validating on its val split every epoch "
+                    "(emotion macro-F1, identity accuracy, aux-head leakage). Reads the feature cache when "
+                    "--cache / data.cache_dir is set, else decodes on the fly. OUT gets config.yaml, metrics.csv/"
+                    ".json, tensorboard/, bad_clips.csv, curves.png, model.pt and checkpoints/. Run the same "
+                    "command again (e.g. with more --epochs) to resume from the latest checkpoint; a worker that "
+                    "dies is replaced up to train.max_failures times and the run resumes from its last epoch.",
+        epilog="example: emodis train --manifest data/manifest.parquet --cache cache/ --method gr --workers 2 "
+               "--out runs/gr")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
+    p.add_argument("--method", choices=METHODS,
+                   help="training method (default: method.name from the config)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default: train.workers)")
+    p.add_argument("--epochs", type=int, help="epochs in total (default: train.epochs)")
+    p.add_argument("--cache", help="feature cache folder made by `emodis preprocess` (sets data.cache_dir)")
+    p.add_argument("--storage", help="where Ray Train keeps checkpoints: a folder every node can reach (NFS) or "
+                                     "an object-store URI such as s3://bucket/runs (default: OUT/checkpoints)")
+    add_address(p)
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+
+# --- tune --------------------------------------------------------------------------------------------
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.search.driver import search
+    from emodis_ray.search.space import load_space
+
+    cfg = load_config(args.config, args.overrides)
+    space = load_space(args.space, cfg)
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        res = search(space, Path(args.manifest), Path(args.out), cfg, args.trials,
+                         multi_objective=args.multi_objective, resume=args.resume, floor=args.floor,
+                         baseline=Path(args.baseline) if args.baseline else None, seed=args.seed,
+                         max_concurrent=args.max_concurrent)
+    return 3 if res.interrupted else 0
+
+
+def add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune", help="search hyperparameters for the lowest validation leakage (Ray Tune + Optuna)",
+        description="Search a space of tune_spaces/ (loss weights, learning rates, GR lambda and schedule, speaker "
+                    "embedding size, method) with Ray Tune: Optuna TPE (seeded), ASHA early stopping on the online "
+                    "leakage estimate of each epoch, and at each trial's end the probe-based validation leakage "
+                    "(probes trained on train, early-stopped and scored on val; test is never read). The chosen "
+                    "trial has the lowest validation leakage among those whose validation emotion F1 meets the "
+                    "floor (default: an MTL baseline's, trained first, minus the space's tolerance); infeasible "
+                    "trials are never chosen. --multi-objective: the Pareto front of emotion F1 and leakage (FIFO, "
+                    "no ASHA). Each trial is a TorchTrainer run on the feature cache (made first if missing). OUT "
+                    "gets best.yaml (for `emodis train --config`), trials.csv, pareto.png, optuna.db, runs/<trial>/. "
+                    "--resume continues an interrupted search without re-running finished trials, or adds trials "
+                    "to a finished one (a larger --trials). Exit code 3: interrupted (resume it).",
+        epilog="example: emodis tune --space tune_spaces/gr.yaml --trials 12 --manifest demo/manifest.parquet "
+               "--set data.cache_dir=demo/cache --out runs/tune-gr")
+    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--trials", type=int, required=True, help="trials in total (with --resume: the new total)")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--out", required=True, help="search folder")
+    p.add_argument("--multi-objective", action="store_true", help="Pareto front of emotion F1 and leakage")
+    p.add_argument("--resume", action="store_true", help="continue or extend the search in OUT")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--floor", type=float, help="emotion-F1 floor (default: MTL baseline's val F1 - tolerance)")
+    g.add_argument("--baseline", help="an MTL run folder whose last val emotion F1 sets the floor")
+    p.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
+    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: from the cluster's resources)")
+    add_address(p)
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_tune)
+
+
+# --- reproduce ---------------------------------------------------------------------------------------
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from emodis_ray.workflows.reproduce import GRID_METHODS, reproduce
+
+    cfg = load_config(args.config, args.overrides)
+    methods = tuple(args.methods.split(",")) if args.methods else GRID_METHODS
+    dims = tuple(int(d) for d in args.spk_dims.split(",")) if args.spk_dims else None
+    reproduce(Path(args.manifest), Path(args.out), cfg, methods, dims, address=args.address)
+    return 0
+
+
+def add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce", help="the paper's grid: methods x speaker-embedding sizes, trained, evaluated, reported",
+        description=f"Train and evaluate every cell of methods {{{', '.join(METHODS)}}} x speaker "
+                    "embedding sizes (2048/256/64 in `paper`, scaled with the emotion embedding otherwise: 128/16/4 "
+                    "in `tiny`) into OUT/<method>-d<size>/, then write OUT/report.md. Resumable: finished cells are "
+                    "not trained again.")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--out", required=True, help="grid folder")
+    p.add_argument("--methods", help="comma-separated subset of the methods (default: all six)")
+    p.add_argument("--spk-dims", help="comma-separated speaker-embedding sizes (default: by preset)")
+    add_address(p)
+    add_config_args(p)
+    p.set_defaults(func=_cmd_reproduce)
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print a resolved config (preset + file + overrides)",
+                       description="Print the fully resolved configuration as YAML; a good start for a config file.")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+
+
+# --- demo --------------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from emodis_ray.workflows.demo import run_demo
+
+    cfg = load_config(args.config, args.overrides)
+    run_demo(Path(args.out), cfg, address=args.address)
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="run the main job end to end on a synthetic set",
+        description="End to end on the embedded default, on a local Ray cluster that it starts (or RAY_ADDRESS): "
+                    "write a synthetic EmoVox set in the real formats, build its manifest with the EmoVox label "
+                    "rules, decode it once into the feature cache, train the MTL baseline and gradient reversal "
+                    "with Ray Train, evaluate both with leakage probes and write a report (OUT/report/report.md). "
+                    "A rerun keeps finished steps.")
+    p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
+    add_address(p)
+    add_config_args(p)
+    p.set_defaults(func=_cmd_demo)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-from media import make_clip
+from helpers.media import make_clip
 
 from emodis_ray.config import Config, load_config, replace
 from emodis_ray.data.cache import CacheMismatch, find_cache

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_model import make_batch, tiny_model
+from helpers.model import make_batch, tiny_model
 
 from emodis_ray.core.checkpoint import load_checkpoint, save_checkpoint
 from emodis_ray.core.loop import (

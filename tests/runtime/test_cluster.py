@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from localcluster import CLUSTER, LocalCluster, local_cluster
+from helpers.localcluster import CLUSTER, LocalCluster, local_cluster
 
 TESTS = Path(__file__).resolve().parent
 
@@ -171,9 +172,9 @@ def _connect(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     use_token_if_available()  # what `ray_session(address)` does: RAY_AUTH_MODE=token, config refreshed
-    # the workers import this test folder (the train loop below lives here)
+    # the workers import this test folder (the train loop below lives here) and the helpers
     ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}})
     try:
         yield
     finally:

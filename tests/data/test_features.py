@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media import FPS, make_clip
+from helpers.media import FPS, make_clip
 
 from emodis_ray.config import FeatureConfig
 from emodis_ray.core.loop import to_device

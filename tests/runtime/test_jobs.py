@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from localcluster import LocalCluster, local_cluster
+from helpers.localcluster import LocalCluster, local_cluster
 
 from emodis_ray.cli import build_parser
 from emodis_ray.runtime import jobs as submit

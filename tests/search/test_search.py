@@ -40,7 +40,7 @@ from emodis_ray.search.select import (
 from emodis_ray.search.space import SpaceError, apply_params, load_space
 from emodis_ray.synth.generate import generate
 
-SPACES = sorted((Path(__file__).parent.parent / "tune_spaces").glob("*.yaml"))
+SPACES = sorted((Path(__file__).resolve().parents[2] / "tune_spaces").glob("*.yaml"))
 SYNTH = SynthConfig(people=6, clips_per_person=12, videos_per_person=6, size=64, clip_s_min=1.5, clip_s_max=2.5,
                     short_clip_fraction=0.0, heard_fraction=0.5, unheard_people=0, workers=1, seed=1)
 

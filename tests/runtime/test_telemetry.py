@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
-from localcluster import LocalCluster, local_cluster
-from media import make_clip
+from helpers.localcluster import LocalCluster, local_cluster
+from helpers.media import make_clip
 
 from emodis_ray.data.features import BadClip
 from emodis_ray.runtime import telemetry as metrics

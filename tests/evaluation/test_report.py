@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
+from helpers.evaluation import make_evaluation, noisy
 from matplotlib.image import imread
-from test_stats import make_evaluation, noisy
 
 from emodis_ray.data.labels import EMOTIONS
 from emodis_ray.evaluation.records import compare

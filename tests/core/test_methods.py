@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_model import make_batch, tiny_model
+from helpers.model import make_batch, tiny_model
 
 from emodis_ray.core.methods import (
     METHODS,

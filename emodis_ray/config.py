@@ -40,7 +40,7 @@ Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """How the synthetic EmoVox set is generated (DESIGN §3.4)."""
+    """How the synthetic EmoVox set is generated (docs/design.md §3.4)."""
 
     people: int = 12
     clips_per_person: int = 24
@@ -65,7 +65,7 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """EmoVox label rules (DESIGN §3.3)."""
+    """EmoVox label rules (docs/design.md §3.3)."""
 
     rule: Literal["mean_softmax", "max_logit"] = "mean_softmax"
     drop_percentile: float = 5.0  # speakers below this percentile of clip count are dropped
@@ -75,7 +75,7 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """One clip -> tensors (DESIGN §4)."""
+    """One clip -> tensors (docs/design.md §4)."""
 
     clip_s: float = 12.0
     segment_s: float = 1.0
@@ -103,7 +103,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The two-trunk multitask model (DESIGN §5)."""
+    """The two-trunk multitask model (docs/design.md §5)."""
 
     width: float = 1.0  # channel multiplier of both trunks
     emo_dim: int = 2048
@@ -115,7 +115,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Training objective and disentanglement method (DESIGN §6)."""
+    """Training objective and disentanglement method (docs/design.md §6)."""
 
     name: MethodName = "mtl"
     direction: Direction = "spk2emo"

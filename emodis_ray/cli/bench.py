@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from emodis_ray.cli.common import add_config_args
 from emodis_ray.config import load_config
@@ -38,18 +40,23 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     add_bench_tune(bsub)
 
 
+def _show(res: Any, json_path: str | None, write_json: Callable[[Any, Path], None]) -> int:
+    """Print a benchmark's table and ratios; also write them as JSON when asked."""
+    print()
+    print(res.format())
+    if json_path:
+        write_json(res, Path(json_path))
+        print(f"wrote {json_path}")
+    return 0
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from emodis_ray.bench.train import bench_train, write_json
 
     cfg = load_config(args.config, args.overrides)
     res = bench_train(epochs=args.epochs, cfg=cfg, manifest=Path(args.manifest) if args.manifest else None,
                       workdir=Path(args.workdir) if args.workdir else None)
-    print()
-    print(res.format())
-    if args.json:
-        write_json(res, Path(args.json))
-        print(f"wrote {args.json}")
-    return 0
+    return _show(res, args.json, write_json)
 
 
 def add_bench_train(bsub: argparse._SubParsersAction) -> None:
@@ -76,12 +83,7 @@ def _cmd_bench_tune(args: argparse.Namespace) -> int:
                      grid_values=args.grid_values, tpe_trials=args.trials, epochs=args.epochs,
                      manifest=Path(args.manifest) if args.manifest else None,
                      workdir=Path(args.workdir) if args.workdir else None, floor=args.floor, seed=args.seed)
-    print()
-    print(res.format())
-    if args.json:
-        write_json(res, Path(args.json))
-        print(f"wrote {args.json}")
-    return 0
+    return _show(res, args.json, write_json)
 
 
 def add_bench_tune(bsub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""The two-trunk multitask model (DESIGN §5): architecture only, no losses.
+"""The two-trunk multitask model (docs/design.md §5): architecture only, no losses.
 
 Shapes: B clips, N segments per clip, S = number of real (unpadded) segments in the batch,
 T log-mel frames per segment, D face size, C face channels, F = trunk feature size.

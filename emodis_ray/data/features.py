@@ -1,4 +1,4 @@
-"""One clip -> tensors (DESIGN §4). Pure: no Ray, one decoder thread.
+"""One clip -> tensors (docs/design.md §4). Pure: no Ray, one decoder thread.
 
 Video frames come from decord (one thread, resized while decoding). Audio comes from PyAV, resampled
 to 16 kHz mono: on a 12 s clip it is about three times faster than decord's AudioReader (6 vs 19 ms)

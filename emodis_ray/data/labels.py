@@ -1,4 +1,4 @@
-"""Emotion classes and the EmoVox label rules (DESIGN §3.3), as pure functions on numpy arrays."""
+"""Emotion classes and the EmoVox label rules (docs/design.md §3.3), as pure functions on numpy arrays."""
 
 from __future__ import annotations
 

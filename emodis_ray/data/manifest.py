@@ -1,4 +1,4 @@
-"""The manifest: one Parquet table, one row per clip (DESIGN §3.2) — schema, validation, read/write, hash.
+"""The manifest: one Parquet table, one row per clip (docs/design.md §3.2) — schema, validation, read/write, hash.
 
 The manifest is the contract between data and training. Builders (``sources.emovox_manifest``,
 ``sources.table_manifest``) return a DataFrame whose ``root`` is absolute; ``write_manifest`` stores

@@ -1,6 +1,6 @@
 """Dataset adapters -> a manifest: the EmoVoxCeleb release (real or synthetic) and a user's own table.
 
-``emovox_manifest`` applies the EmoVox label rules (DESIGN §3.3); ``table_manifest`` reads a CSV or
+``emovox_manifest`` applies the EmoVox label rules (docs/design.md §3.3); ``table_manifest`` reads a CSV or
 Parquet list of clips. Both return a validated DataFrame (see ``manifest.py``) and a ``BuildReport``.
 """
 
@@ -192,7 +192,7 @@ def emovox_manifest(
     check_files: bool = False,
     probe: bool = False,
 ) -> tuple[pd.DataFrame, BuildReport]:
-    """Build the manifest of the EmoVoxCeleb release (DESIGN §3.3).
+    """Build the manifest of the EmoVoxCeleb release (docs/design.md §3.3).
 
     ``videos``: the folder of ``<clip_id>.mp4``; ``audio`` (optional, VoxCeleb2 layout): the folder of
     ``<clip_id>.m4a`` or ``.wav``. ``check_files`` drops (and counts) clips without a video;

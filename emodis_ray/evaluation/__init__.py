@@ -1,1 +1,2 @@
-"""TBD"""
+"""Evaluation of trained runs: batch inference, probes, statistics, the records, evaluate, predict and the
+report."""

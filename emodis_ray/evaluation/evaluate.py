@@ -1,11 +1,11 @@
 """`emodis evaluate RUN`: headline figures, leakage probes and their uncertainty for one trained run.
 
 1. Embeddings and predictions of every train/val/test clip from the frozen model (Ray Data batch
-   inference, ``infer.py``) — read from the feature cache when the run used one.
-2. Probes (``probe.py``): emotion from the speaker embedding, identity from the emotion embedding,
+   inference, ``evaluation/infer.py``) — read from the feature cache when the run used one.
+2. Probes (``evaluation/probe.py``): emotion from the speaker embedding, identity from the emotion embedding,
    trained on train, early-stopped on val, scored on test.
-3. Statistics (``stats.py``): chance levels from the test priors, the leakage score, bootstrap
-   intervals for every headline figure, the emotion confusion matrix.
+3. Statistics (``evaluation/stats.py``, ``evaluation/records.py``): chance levels from the test priors, the
+   leakage score, bootstrap intervals for every headline figure, the emotion confusion matrix.
 Writes ``RUN/evaluation.json``, ``RUN/evaluation.md``, ``RUN/predictions.parquet`` (per test clip: truth,
 each head's and each probe's prediction) and ``RUN/confusion.png``.
 """

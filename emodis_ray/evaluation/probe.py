@@ -1,4 +1,4 @@
-"""Leakage probes on frozen embeddings (DESIGN §7), pure torch/NumPy.
+"""Leakage probes on frozen embeddings (docs/design.md §7), pure torch/NumPy.
 
 A probe is a one-hidden-layer MLP trained on the train split's embeddings, early-stopped on the validation
 split and scored on the test split. :func:`run_probes` trains the two of the paper: emotion from the *speaker*

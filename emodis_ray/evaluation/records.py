@@ -78,7 +78,7 @@ class Evaluation:
 
     ``emo_f1``/``spk_acc`` come from the primary heads (None where the method does not train that head:
     ``stl-speaker`` has no emotion head, ``stl-emotion`` no identity head). The probes are trained on the
-    frozen embeddings (DESIGN §7). ``aux_emo_f1``/``aux_spk_acc`` are the model's own auxiliary heads on the
+    frozen embeddings (docs/design.md §7). ``aux_emo_f1``/``aux_spk_acc`` are the model's own auxiliary heads on the
     test split (the online leakage estimate). ``emo_confusion`` is the primary emotion head's [K, K] confusion
     counts (rows truth, columns prediction).
     """

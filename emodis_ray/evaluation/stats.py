@@ -65,7 +65,7 @@ def leakage(emo_f1_from_spk: float, spk_acc_from_emo: float, chances: tuple[floa
 
 
 def leakage_score(emo_f1_from_spk: float, spk_acc_from_emo: float, chances: tuple[float, float]) -> float:
-    """DESIGN §7: the mean of the two probe scores, each rescaled above chance and floored at 0."""
+    """docs/design.md §7: the mean of the two probe scores, each rescaled above chance and floored at 0."""
     return leakage(emo_f1_from_spk, spk_acc_from_emo, chances).score
 
 

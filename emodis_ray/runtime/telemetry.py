@@ -2,7 +2,7 @@
 
 Call the ``record_*`` functions from code that runs in a Ray worker (a Ray Data decode actor, a Ray Train
 worker, a driver connected to Ray). Outside Ray they do nothing, so the pure code paths (unit tests,
-``engine.py`` on its own) stay free of Ray. A metric failure never breaks the caller.
+``core/`` on its own) stay free of Ray. A metric failure never breaks the caller.
 
 Every node's metrics agent serves the values at ``http://<node>:<metrics export port>/metrics`` (the port is
 ``ray start --metrics-export-port`` or ``ray.nodes()[i]["MetricsExportPort"]``), with Ray's ``ray_`` prefix:

@@ -1,1 +1,1 @@
-"""TBD"""
+"""Hyperparameter search with Ray Tune + Optuna: spaces, the selection rule, the trial, the driver, the outputs."""

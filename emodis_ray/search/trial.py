@@ -1,4 +1,4 @@
-"""One search trial (the Tune-driver pattern of DESIGN §9): a Tune function trainable that builds a
+"""One search trial (the Tune-driver pattern of docs/design.md §9): a Tune function trainable that builds a
 ``TorchTrainer`` through ``train.fit`` with Tune's ``TuneReportCallback``, then scores the trained model with
 the leakage probes on the validation split.
 

@@ -1,4 +1,4 @@
-"""Synthetic EmoVox, written in the real on-disk formats (DESIGN §3.4).
+"""Synthetic EmoVox, written in the real on-disk formats (docs/design.md §3.4).
 
 ``generate`` writes, under one folder:
 

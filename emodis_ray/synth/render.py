@@ -1,4 +1,4 @@
-"""One synthetic talking-face clip: face frames, voice and teacher logits (pure numpy, DESIGN §3.4).
+"""One synthetic talking-face clip: face frames, voice and teacher logits (pure numpy, docs/design.md §3.4).
 
 Everything here is a deterministic function of its arguments: a person and a session (one video) are
 drawn from ``(seed, index)``, a clip from its own generator, so clips can be rendered in any order or

@@ -1,1 +1,1 @@
-"""TBD"""
+"""End-to-end workflows: the demo and the paper's grid."""

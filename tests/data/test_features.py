@@ -28,7 +28,7 @@ CFG = FeatureConfig(clip_s=3.0, segment_s=1.0, hop_s=0.5, face_size=32)
 
 
 def test_segment_counts_follow_the_design() -> None:
-    assert num_segments(FeatureConfig(clip_s=12.0)) == 23  # DESIGN §4: 23 segments for 12 s
+    assert num_segments(FeatureConfig(clip_s=12.0)) == 23  # docs/design.md §4: 23 segments for 12 s
     assert num_segments(CFG) == 5 and num_segments(CFG, 0.99) == 0
     assert frames_per_segment(CFG) == 98  # 1 s, 25 ms window, 10 ms hop, no centre padding
 

@@ -150,7 +150,7 @@ def test_feasibility_rule() -> None:
 
 def test_trial_concurrency_leaves_a_cpu_per_trial_for_ray_data() -> None:
     tiny = load_config("tiny")
-    assert trial_concurrency(tiny, cpus=2) == 1  # 1 worker + 1 CPU for Ray Data (DESIGN §9)
+    assert trial_concurrency(tiny, cpus=2) == 1  # 1 worker + 1 CPU for Ray Data (docs/design.md §9)
     assert trial_concurrency(tiny, cpus=16) == 8
     assert trial_concurrency(replace(tiny, train={"workers": 2}), cpus=16) == 5
     assert trial_concurrency(replace(tiny, train={"workers": 2, "use_gpu": True}), cpus=64, gpus=4) == 2

@@ -111,6 +111,7 @@ class ModelConfig:
     pooling: Literal["mean", "attention"] = "mean"
     num_emotions: int = 5
     dropout: float = 0.0
+    aux_hidden: int = 0  # aux heads: 0 linear; N > 0 an MLP with one hidden layer of N units
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,14 @@ class MethodConfig:
     direction: Direction = "spk2emo"
     w_em_prim: float = 0.5
     w_spk_prim: float = 0.5
+    # The aux terms' weights, for every method: the aux heads' own loss and the adversarial pressure of
+    # GR (times lambda), ALT and CONF alike, so the methods are compared on one scale.
     w_spk_aux: float = 0.3  # emotion predicted from the speaker embedding
     w_em_aux: float = 0.3  # identity predicted from the emotion embedding
     grl_lambda: float = 1.0
     grl_schedule: Literal["constant", "ramp"] = "constant"
-    conf_weight: float = 1.0
+    adv_steps: int = 1  # ALT/CONF: aux-head steps per batch before the primary step
+    alt_objective: Literal["ce", "entropy"] = "ce"  # ALT's adversarial term: -CE (the paper) or -entropy (label-free)
 
 
 @dataclass(frozen=True)
@@ -146,11 +150,30 @@ class TrainConfig:
     max_failures: int = 2
     fail_at_epoch: int = -1  # fault injection: a worker dies once at the start of this epoch (-1: off)
     precise_bn_batches: int = 8  # BatchNorm statistics recomputed after each epoch over its last N batches (0: off)
+    # model.pt is the epoch with the best value of this reported metric; "auto": val_emo_f1, or val_spk_acc
+    # for stl-speaker (which has no emotion head)
+    select_metric: str = "auto"
+    select_mode: Literal["max", "min"] = "max"
+
+    def selection(self, method: str) -> str:
+        """The reported metric that picks the exported epoch."""
+        if self.select_metric != "auto":
+            return self.select_metric
+        return "val_spk_acc" if method == "stl-speaker" else "val_emo_f1"
 
     def __post_init__(self) -> None:
         if self.precise_bn_batches < 0:
             raise ConfigError("train.precise_bn_batches: expected an integer >= 0 (0: off), "
                               f"got {self.precise_bn_batches}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Leakage probes and their identity-only floor (docs/design.md §7)."""
+
+    probe_seeds: int = 3  # probes trained per direction (and per floor), averaged
+    probe_holdout: float = 0.2  # share of the train rows held out to early-stop the probes
+    floor: Literal["shuffled", "prior"] = "shuffled"  # the floor that leakage is measured above
 
 
 @dataclass(frozen=True)
@@ -163,6 +186,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -93,9 +93,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizers: Optimizers |
     return {"epoch": state["epoch"], "extra": state["extra"]}
 
 
-def export_model(checkpoint: Path, path: Path) -> None:
+def export_model(checkpoint: Path, path: Path) -> int:
     """The model part of a training checkpoint: plain weights, ``model_kwargs`` (for ``build_model``),
-    ``num_speakers``, the config, the epoch and its metrics. Loads with ``torch.load(weights_only=True)``."""
+    ``num_speakers``, the config, the epoch and its metrics. Loads with ``torch.load(weights_only=True)``.
+    Returns the epoch."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     extra = state["extra"]
     model = {"model": state["model"], "model_kwargs": extra["model_kwargs"], "num_speakers": extra["num_speakers"],
@@ -103,6 +104,7 @@ def export_model(checkpoint: Path, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(model, tmp)
     os.replace(tmp, path)
+    return int(state["epoch"])
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultitaskModel, dict[str, Any]]:

@@ -9,7 +9,11 @@ adversarial; the aux head of the other direction still trains, on detached embed
 
 Optimisers: ``main`` (Adam, lr) over the encoder and the primary heads the method trains, ``aux``
 (Adam, aux_lr) over the two aux heads. Single-step methods (STL, MTL, GR) step both after one backward;
-ALT and CONF run an aux step (``aux`` only) and then a primary step (``main`` only) on every batch.
+ALT and CONF run ``adv_steps`` aux steps (``aux`` only) and then a primary step (``main`` only) on every batch.
+
+One scale: the adversarial term of every method is weighted by the aux weights (``w_spk_aux``, ``w_em_aux``):
+GR reverses ``lambda`` times their gradient, ALT maximises ``w * CE`` (or, with ``alt_objective="entropy"``, the
+label-free ``w * H(softmax(aux))``), CONF minimises ``w * H(u, softmax(aux))``.
 
 DDP. Every step calls the model once per sub-step through ``model(...)``, so a DDP wrapper sees it.
 - STL, MTL, GR: every output that requires grad enters the loss (unused ones with weight 0), so every
@@ -74,6 +78,12 @@ def confusion_loss(logits: Tensor) -> Tensor:
     return -F.log_softmax(logits.float(), dim=-1).mean(dim=-1).mean()
 
 
+def entropy(logits: Tensor) -> Tensor:
+    """H(softmax(logits)), mean over the batch: maximal (log K) for a uniform prediction. Label-free."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1).mean()
+
+
 def _detach(x: Tensor) -> Tensor:
     return x.detach()
 
@@ -131,7 +141,8 @@ class Method:
     w_em_aux: float = _DEFAULTS.w_em_aux  # CE(aux_spk_logits, s): identity from the emotion embedding
     grl_lambda: float = _DEFAULTS.grl_lambda
     grl_schedule: str = _DEFAULTS.grl_schedule
-    conf_weight: float = _DEFAULTS.conf_weight
+    adv_steps: int = _DEFAULTS.adv_steps  # ALT/CONF: aux steps per batch
+    alt_objective: str = _DEFAULTS.alt_objective  # ALT: "ce" (the paper's -L_aux) or "entropy" (label-free)
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -139,6 +150,10 @@ class Method:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         grl_lambda_at(0.0, self.grl_lambda, self.grl_schedule)  # validates the schedule
+        if self.adv_steps < 1:
+            raise ValueError(f"adv_steps must be >= 1, got {self.adv_steps}")
+        if self.alt_objective not in ("ce", "entropy"):
+            raise ValueError(f"alt_objective must be 'ce' or 'entropy', got {self.alt_objective!r}")
 
     # --- which parts move -------------------------------------------------------------------------
     @property
@@ -181,6 +196,8 @@ class Method:
             "ce_aux_spk": F.cross_entropy(out.aux_spk_logits.float(), speaker),
             "conf_aux_emo": confusion_loss(out.aux_emo_logits),
             "conf_aux_spk": confusion_loss(out.aux_spk_logits),
+            "ent_aux_emo": entropy(out.aux_emo_logits),
+            "ent_aux_spk": entropy(out.aux_spk_logits),
         }
 
     def primary_loss(self, t: dict[str, Tensor]) -> Tensor:
@@ -193,22 +210,19 @@ class Method:
     def aux_loss(self, t: dict[str, Tensor]) -> Tensor:
         return self.w_spk_aux * t["ce_aux_emo"] + self.w_em_aux * t["ce_aux_spk"]
 
-    def adversarial_aux_loss(self, t: dict[str, Tensor]) -> Tensor:
-        """The aux terms of the adversarial direction(s) only."""
-        loss = t["ce_aux_emo"].new_zeros(())
+    def adversarial(self, t: dict[str, Tensor], kind: str) -> Tensor:
+        """The adversarial term of the primary step, with the aux weights of :meth:`aux_loss`:
+        ``"confusion"``: w * H(u, softmax(aux)) (CONF); ``"entropy"``: -w * H(softmax(aux)) (label-free ALT);
+        ``"ce"``: -w * CE(aux, label) (the paper's ALT)."""
+        terms = {"confusion": ("conf_aux_emo", "conf_aux_spk", 1.0), "entropy": ("ent_aux_emo", "ent_aux_spk", -1.0),
+                 "ce": ("ce_aux_emo", "ce_aux_spk", -1.0)}
+        emo, spk, sign = terms[kind]
+        loss = t[emo].new_zeros(())
         if self.adv_spk2emo:
-            loss = loss + self.w_spk_aux * t["ce_aux_emo"]
+            loss = loss + self.w_spk_aux * t[emo]
         if self.adv_emo2spk:
-            loss = loss + self.w_em_aux * t["ce_aux_spk"]
-        return loss
-
-    def confusion(self, t: dict[str, Tensor]) -> Tensor:
-        loss = t["conf_aux_emo"].new_zeros(())
-        if self.adv_spk2emo:
-            loss = loss + t["conf_aux_emo"]
-        if self.adv_emo2spk:
-            loss = loss + t["conf_aux_spk"]
-        return self.conf_weight * loss
+            loss = loss + self.w_em_aux * t[spk]
+        return sign * loss
 
     # --- one batch --------------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: dict[str, Tensor], optimizers: Optimizers, progress: float,
@@ -216,7 +230,8 @@ class Method:
         """Train on one batch (already on the device). ``autocast`` must be re-enterable (torch.autocast
         or nullcontext). Returns every term, the objectives and lambda, as floats."""
         if self.two_step:
-            logs = self.aux_step(model, batch, optimizers, autocast)
+            for _ in range(self.adv_steps):
+                logs = self.aux_step(model, batch, optimizers, autocast)
             logs.update(self.primary_step(model, batch, optimizers, autocast))
         else:
             logs = self.joint_step(model, batch, optimizers, progress, autocast)
@@ -261,8 +276,8 @@ class Method:
 
     def primary_step(self, model: nn.Module, batch: dict[str, Tensor], optimizers: Optimizers,
                      autocast: AbstractContextManager[Any]) -> dict[str, float]:
-        """ALT/CONF (2): the encoder and primary heads minimise L_prim - L_aux_adv (ALT) or
-        L_prim + w * H(u, aux) (CONF) through the (frozen: not stepped) aux heads."""
+        """ALT/CONF (2): the encoder and primary heads minimise L_prim - L_aux_adv (ALT; or L_prim - w * H(aux)
+        with the entropy objective) or L_prim + w * H(u, aux) (CONF) through the (frozen: not stepped) aux heads."""
         model.zero_grad(set_to_none=True)
         with autocast:
             out = model(batch["audio"], batch["faces"], batch["mask"],
@@ -270,7 +285,7 @@ class Method:
                         emo_emb_fn=_identity if self.adv_emo2spk else _detach)
         t = self.terms(out, batch["emotion"], batch["speaker"])
         l_prim = self.primary_loss(t)
-        adv = -self.adversarial_aux_loss(t) if self.name == "alt" else self.confusion(t)
+        adv = self.adversarial(t, self.alt_objective if self.name == "alt" else "confusion")
         loss = l_prim + adv
         # Zero-weight terms: the non-adversarial aux head takes part too (it gets a zero gradient).
         (loss + 0.0 * (out.aux_emo_logits.sum() + out.aux_spk_logits.sum())).backward()

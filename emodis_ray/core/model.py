@@ -157,7 +157,7 @@ class MultitaskModel(nn.Module):
 
     def __init__(self, num_speakers: int, width: float = 1.0, emo_dim: int = 2048, spk_dim: int = 256,
                  pooling: str = "mean", num_emotions: int = 5, dropout: float = 0.0,
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, aux_hidden: int = 0) -> None:
         super().__init__()
         self.audio_trunk = AudioTrunk(width)
         self.visual_trunk = VisualTrunk(width, in_channels)
@@ -169,8 +169,8 @@ class MultitaskModel(nn.Module):
         self.spk_embed = nn.Sequential(nn.Linear(joint, spk_dim), nn.ReLU())
         self.emo_head = nn.Linear(emo_dim, num_emotions)
         self.spk_head = nn.Linear(spk_dim, num_speakers)
-        self.aux_emo_head = nn.Linear(spk_dim, num_emotions)  # emotion from the speaker embedding
-        self.aux_spk_head = nn.Linear(emo_dim, num_speakers)  # identity from the emotion embedding
+        self.aux_emo_head = _aux_head(spk_dim, num_emotions, aux_hidden)  # emotion from the speaker embedding
+        self.aux_spk_head = _aux_head(emo_dim, num_speakers, aux_hidden)  # identity from the emotion embedding
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.audio_trunk, self.visual_trunk, self.audio_pool, self.visual_pool,
@@ -208,12 +208,20 @@ class MultitaskModel(nn.Module):
         return ModelOutput(emo_emb, spk_emb, emo_logits, spk_logits, aux_emo_logits, aux_spk_logits)
 
 
+def _aux_head(dim: int, classes: int, hidden: int) -> nn.Module:
+    """An auxiliary head: linear (``hidden == 0``, the paper's) or an MLP with one hidden layer."""
+    if hidden <= 0:
+        return nn.Linear(dim, classes)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
 def build_model(num_speakers: int, width: float, emo_dim: int, spk_dim: int, pooling: str,
-                num_emotions: int = 5, dropout: float = 0.0, in_channels: int = 3) -> MultitaskModel:
+                num_emotions: int = 5, dropout: float = 0.0, in_channels: int = 3,
+                aux_hidden: int = 0) -> MultitaskModel:
     """Plain keyword arguments: ``build_model(num_speakers=P, **asdict(cfg.model), in_channels=C)``."""
     return MultitaskModel(num_speakers=num_speakers, width=width, emo_dim=emo_dim, spk_dim=spk_dim,
                           pooling=pooling, num_emotions=num_emotions, dropout=dropout,
-                          in_channels=in_channels)
+                          in_channels=in_channels, aux_hidden=aux_hidden)
 
 
 def unwrap(model: nn.Module) -> MultitaskModel:

@@ -1,7 +1,8 @@
-"""The two scores every layer reports: emotion macro-F1 and identity accuracy (docs/design.md §7).
+"""The scores every layer reports: emotion macro-F1, identity accuracy, and the cross-entropy of the
+identity-only prior (docs/design.md §7).
 
-Defined once here, below everything that uses them: the epoch loop's validation, the probes and the
-evaluation statistics.
+Defined once here, below everything that uses them: the epoch loop's validation, the trainer's re-encoding
+signal, the probes and the evaluation statistics.
 """
 
 from __future__ import annotations
@@ -24,3 +25,25 @@ def accuracy(y: np.ndarray, yhat: np.ndarray) -> float:
     if y.shape != yhat.shape:
         raise ValueError(f"labels {y.shape} and predictions {yhat.shape} differ in shape")
     return float(np.mean(y == yhat)) if y.size else 0.0
+
+
+def prior_cross_entropy(train_groups: np.ndarray, train_labels: np.ndarray, groups: np.ndarray, labels: np.ndarray,
+                        num_classes: int, smoothing: float = 1.0) -> float:
+    """Mean cross-entropy of predicting each clip's label with its group's train distribution p(label | group)
+    (add-``smoothing`` counts): what an aux head that knows only the group reaches. An aux head trained on the
+    embedding that ends *above* it is not just failing to read the label: it is being pushed away from it (the
+    signature of re-encoding, docs/design.md §9)."""
+    train_groups, train_labels = np.asarray(train_groups), np.asarray(train_labels, dtype=np.int64)
+    groups, labels = np.asarray(groups), np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    glob = np.bincount(train_labels, minlength=num_classes) + smoothing
+    ce = np.empty(len(labels))
+    for g in np.unique(groups):
+        counts = np.bincount(train_labels[train_groups == g], minlength=num_classes) + smoothing
+        if counts.sum() == smoothing * num_classes:  # a group train never saw: the global prior
+            counts = glob
+        logp = np.log(counts / counts.sum())
+        sel = groups == g
+        ce[sel] = -logp[labels[sel]]
+    return float(ce.mean())

@@ -58,6 +58,7 @@ EPOCH_GAUGES: dict[str, str] = {
     "val_spk_acc": "emodis_val_spk_acc",
     "val_aux_emo_f1": "emodis_leak_aux_emo_f1",
     "val_aux_spk_acc": "emodis_leak_aux_spk_acc",
+    "val_aux_emo_ce_over_prior": "emodis_aux_emo_ce_over_prior",  # > 1: the aux head is pushed off (re-encoding)
     "train_loss": "emodis_train_loss",
     "train_clips_per_s": "emodis_train_clips_per_s",
 }

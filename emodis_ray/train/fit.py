@@ -29,6 +29,7 @@ from ray.data import ExecutionOptions
 
 from emodis_ray.config import Config
 from emodis_ray.core.checkpoint import CHECKPOINT_FILE, MODEL_FILE, export_model
+from emodis_ray.core.scores import prior_cross_entropy
 from emodis_ray.runtime.session import cluster_cpus, ray_session, train_worker_cpus
 from emodis_ray.train.run_dir import (
     BAD_CLIPS_FILE,
@@ -40,6 +41,7 @@ from emodis_ray.train.run_dir import (
     read_reports,
     write_metrics,
     write_run_info,
+    write_selection,
 )
 from emodis_ray.train.worker import train_loop_per_worker
 
@@ -182,6 +184,7 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     df = read_manifest(manifest)
     write_run_info(out, manifest, manifest_hash(df), cfg.hash())
     num_speakers = int(df["speaker_idx"].max()) + 1
+    prior_ce = identity_only_ce(df, cfg.model.num_emotions, num_speakers)
     n_train = int((df["split"] == "train").sum())
     info = find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features) if cfg.data.cache_dir else None
     if info is not None:
@@ -205,12 +208,13 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     else:
         storage_path = str(out / "checkpoints")
     world = cfg.train.workers
+    select = cfg.train.selection(cfg.method.name)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "cfg": cfg.to_dict(), "num_speakers": num_speakers,
             "steps_per_epoch": max(1, math.ceil(n_train // world / cfg.data.batch_size)),
-            "fault_marker": str(out / "fault_injected"), "run": name,
+            "fault_marker": str(out / "fault_injected"), "run": name, "prior_ce": prior_ce,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=world, use_gpu=cfg.train.use_gpu,
@@ -218,7 +222,9 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # the best epoch by the selection metric is kept (and the latest, always: Ray keeps it for resuming)
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=select,
+                                                         checkpoint_score_order=cfg.train.select_mode),
             callbacks=[_ReportLog(str(reports)), *callbacks],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets={"train": train_ds, "val": val_ds},
@@ -247,11 +253,29 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         ray.kill(log)
         n = int(df["split"].isin(["train", "val"]).sum())
         check_bad_fraction(len(bad), n, cfg.data.max_bad_fraction, out / BAD_CLIPS_FILE)
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            export_model(Path(d) / CHECKPOINT_FILE, out / MODEL_FILE)
+    # 5. The model: the best epoch by the selection metric (Ray Train's own checkpoint ranking).
+    best = result.get_best_checkpoint(select, cfg.train.select_mode) if result.best_checkpoints else None
+    if best is not None:
+        with best.as_directory() as d:
+            epoch = export_model(Path(d) / CHECKPOINT_FILE, out / MODEL_FILE)
+        row = next((r for r in rows if int(r["epoch"]) == epoch), {})
+        write_selection(out, epoch, select, cfg.train.select_mode, row.get(select))
+        if progress:
+            print(f"model.pt: epoch {epoch + 1} of {len(rows)}, the best by {select} ({cfg.train.select_mode}"
+                  f"imum: {row.get(select, float('nan')):.4f})")
     first = follow.rows[0]["wall_time"] - wall_start if follow.rows else float("nan")
     return TrainResult(out=out, metrics=rows, epochs_run=[int(r["epoch"]) for r in follow.rows],
                        model_path=out / MODEL_FILE, source=source, elapsed_s=elapsed, first_report_s=first)
 
 
+def identity_only_ce(df: Any, num_emotions: int, num_speakers: int) -> dict[str, float]:
+    """The validation cross-entropy of the identity-only priors fitted on train: p(emotion | speaker) for the
+    aux head that reads the speaker embedding, p(speaker | emotion) for the one that reads the emotion
+    embedding (the workers compare their aux heads with it: re-encoding)."""
+    tr, va = df[df["split"] == "train"], df[df["split"] == "val"]
+    if not len(tr) or not len(va):
+        return {}
+    e_tr, s_tr = tr["emotion_idx"].to_numpy(), tr["speaker_idx"].to_numpy()
+    e_va, s_va = va["emotion_idx"].to_numpy(), va["speaker_idx"].to_numpy()
+    return {"aux_emo": prior_cross_entropy(s_tr, e_tr, s_va, e_va, num_emotions),
+            "aux_spk": prior_cross_entropy(e_tr, s_tr, e_va, s_va, num_speakers)}

@@ -9,8 +9,9 @@ A run folder ``OUT`` holds::
     tensorboard/         TensorBoard events of the same metrics
     bad_clips.csv        clips that could not be decoded (from the stream or the feature cache)
     curves.png           losses, validation emotion F1, identity accuracy and aux-head leakage per epoch
-    model.pt             the final weights with what it takes to rebuild the model without Ray
-    checkpoints/OUT/     Ray Train storage: the last two checkpoints (``epoch_NNNN/checkpoint.pt``);
+    model.pt             the best epoch's weights (``train.select_metric``; run.json says which epoch and why)
+                         with what it takes to rebuild the model without Ray
+    checkpoints/OUT/     Ray Train storage: the best and the latest checkpoint (``epoch_NNNN/checkpoint.pt``);
                          ``--storage`` puts it on a shared filesystem or an object-store URI instead
 """
 
@@ -34,6 +35,14 @@ def write_run_info(out: Path, manifest: Path, manifest_hash: str, config_hash: s
     """``run.json``: what `emodis evaluate` needs to find the data again."""
     (out / RUN_FILE).write_text(json.dumps({
         "manifest": os.path.abspath(manifest), "manifest_hash": manifest_hash, "config_hash": config_hash}))
+
+
+def write_selection(out: Path, epoch: int, metric: str, mode: str, value: float | None) -> None:
+    """Add to ``run.json`` which epoch ``model.pt`` holds and why."""
+    info = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).exists() else {}
+    info["model"] = {"epoch": int(epoch), "selected_by": metric, "mode": mode,
+                     "value": None if value is None else float(value)}
+    (out / RUN_FILE).write_text(json.dumps(info))
 
 
 def run_manifest(run: Path, manifest: Path | None = None) -> Path:

@@ -105,7 +105,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       cfg.model.num_emotions) if preds else {}
         train = reduce_train_logs(all_gather(logs, world))
         row = {"epoch": epoch, "method": cfg.method.name, **{f"train_{k}": v for k, v in train.items()},
-               **{f"val_{k}": v for k, v in val.items()}, **ep.lrs, "val_time_s": ep.val_s, "workers": world}
+               **{f"val_{k}": v for k, v in val.items()}, **reencoding(val, config.get("prior_ce", {})),
+               **ep.lrs, "val_time_s": ep.val_s, "workers": world}
 
         if rank == 0:  # custom metrics for the dashboard / Prometheus (values already cover every worker)
             record_epoch(row, run=config.get("run"))
@@ -121,6 +122,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, model, optimizers, schedulers, epoch, extra)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"{config.get('tag', '')}epoch_{epoch:04d}")
+
+
+def reencoding(val: dict[str, float], prior_ce: dict[str, float]) -> dict[str, float]:
+    """Each aux head's validation cross-entropy over that of the identity-only prior (``prior_ce``: the val
+    cross-entropy of p(emotion | speaker) and p(speaker | emotion) from train), and a 0/1 flag when it is above
+    1: the head does worse than knowing only the other label, i.e. the encoder pushes it away from the label
+    rather than removing it (re-encoding; docs/design.md §9)."""
+    out: dict[str, float] = {}
+    for head in ("aux_emo", "aux_spk"):
+        prior = prior_ce.get(head)
+        if prior is None or f"loss_{head}" not in val or not prior > 0:
+            continue
+        ratio = val[f"loss_{head}"] / prior
+        out |= {f"val_prior_ce_{head}": float(prior), f"val_{head}_ce_over_prior": float(ratio),
+                f"val_reencoding_{head[4:]}": float(ratio > 1.0)}
+    return out
 
 
 def _quiet_report_log() -> None:

@@ -120,13 +120,16 @@ def test_a_run_writes_its_folder(baseline: TrainResult, data: tuple[Path, Config
     for name in ("config.yaml", "metrics.csv", "metrics.json", "bad_clips.csv", "curves.png", "model.pt"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(list((out / "checkpoints" / out.name).glob("epoch_*/checkpoint.pt"))) == 2  # num_to_keep
+    assert len(list((out / "checkpoints" / out.name).glob("epoch_*/checkpoint.pt"))) == 2  # best + latest
     final = baseline.final
     assert final["val_n"] > 0 and 0.0 <= final["val_emo_f1"] <= 1.0 and 0.0 <= final["val_spk_acc"] <= 1.0
     # model.pt rebuilds the model without Ray and gives the reported validation numbers' inputs
     model, info = load_model(out / "model.pt")
     state = torch.load(out / "model.pt", weights_only=True)
-    assert info["epoch"] == EPOCHS - 1 and info["metrics"]["epoch"] == EPOCHS - 1
+    best = max(baseline.metrics, key=lambda r: r["val_emo_f1"])["epoch"]  # model.pt: the best epoch by val F1
+    assert info["epoch"] == best and info["metrics"]["epoch"] == best
+    assert json.loads((out / "run.json").read_text())["model"] == {
+        "epoch": best, "selected_by": "val_emo_f1", "mode": "max", "value": info["metrics"]["val_emo_f1"]}
     assert isinstance(build_model(**state["model_kwargs"]), type(model))
     assert load_config(out / "config.yaml") == data[1]
 
@@ -157,3 +160,45 @@ def test_a_killed_worker_is_replaced_and_the_run_ends_as_if_nothing_happened(
     assert [r["epoch"] for r in res.metrics] == [0, 1, 2]
     for a, b in zip(res.metrics, baseline.metrics, strict=True):
         _same(a, b)
+
+
+SCRIPTED_F1 = (0.2, 0.6, 0.4)  # the best validation epoch is the middle one, not the last
+
+
+def test_model_pt_is_the_best_validation_epoch_not_the_last(data: tuple[Path, Config], tmp_path: Path) -> None:
+    manifest, cfg = data
+
+    def scripted_loop(config: dict[str, Any]) -> None:
+        """The real model and checkpoint files under Ray Train, with validation F1 scripted per epoch, so the
+        best epoch is known: what ``fit`` exports must be that epoch's weights."""
+        import tempfile
+
+        import ray.train
+
+        from emodis_ray.core.checkpoint import model_kwargs_of, save_checkpoint
+        from emodis_ray.core.methods import build_method, build_schedulers
+
+        cfg = replace(Config(), **config["cfg"])
+        kwargs = model_kwargs_of(cfg, config["num_speakers"])
+        model = build_model(**kwargs)
+        opt = build_method("mtl").optimizers(model, 1e-3, 1e-3)
+        for epoch, f1 in enumerate(SCRIPTED_F1):
+            with torch.no_grad():
+                model.emo_head.bias.fill_(float(epoch))  # marks the weights with their epoch
+            row = {"epoch": epoch, "method": "mtl", "val_emo_f1": f1}
+            with tempfile.TemporaryDirectory() as tmp:
+                extra = {"model_kwargs": kwargs, "num_speakers": config["num_speakers"], "config": config["cfg"],
+                         "metrics": row}
+                save_checkpoint(Path(tmp) / "checkpoint.pt", model, opt, build_schedulers(opt, 0.9), epoch, extra)
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+    res = fit(manifest, tmp_path / "scripted", replace(cfg, train={"workers": 1, "epochs": len(SCRIPTED_F1)}),
+              progress=False, train_loop=scripted_loop)
+    model, info = load_model(res.model_path)
+    assert info["epoch"] == 1 and info["metrics"]["val_emo_f1"] == 0.6
+    assert torch.all(model.emo_head.bias == 1.0)  # the weights are epoch 1's
+    assert json.loads((res.out / "run.json").read_text())["model"]["epoch"] == 1
+    kept = sorted(p.parent.name for p in (res.out / "checkpoints" / "scripted").glob("epoch_*/checkpoint.pt"))
+    assert kept == ["epoch_0001", "epoch_0002"]  # the best, and the latest for resuming
+

@@ -2,8 +2,9 @@
 
 1. Embeddings and predictions of every train/val/test clip from the frozen model (Ray Data batch
    inference, ``evaluation/infer.py``) — read from the feature cache when the run used one.
-2. Probes (``evaluation/probe.py``): emotion from the speaker embedding, identity from the emotion embedding,
-   trained on train, early-stopped on val, scored on test.
+2. Leakage (``evaluation/leakage.py``): probes of emotion from the speaker embedding and identity from the
+   emotion embedding, trained on train (early-stopped on held-out train rows) over ``evaluation.probe_seeds``
+   seeds, scored on test beside the identity-only floors; leakage above the floor per direction.
 3. Statistics (``evaluation/stats.py``, ``evaluation/records.py``): chance levels from the test priors, the
    leakage score, bootstrap intervals for every headline figure, the emotion confusion matrix.
 Writes ``RUN/evaluation.json``, ``RUN/evaluation.md``, ``RUN/predictions.parquet`` (per test clip: truth,
@@ -52,7 +53,7 @@ def embed_splits(run: Path, manifest: Path, cfg: Config, actors: int | None = No
 def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, seed: int = 0,
                  actors: int | None = None, progress: bool = True) -> Evaluation:
     """Evaluate a trained run and write its evaluation files into the run folder."""
-    from emodis_ray.evaluation.probe import run_probes
+    from emodis_ray.evaluation.leakage import measure_leakage
     from emodis_ray.evaluation.report import confusion_png, runs_markdown
 
     say = print if progress else (lambda *a, **k: None)
@@ -66,22 +67,26 @@ def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, se
             raise ValueError(f"{manifest}: the {s} split has no decodable clips; the probes need all three")
     counts = ", ".join(f"{s} {len(emb[s]['clip_id'])}" for s in SPLITS)
     say(f"      {counts} clips")
-    say("[2/3] leakage probes (emotion from speaker emb., identity from emotion emb.) ...")
-    probes = run_probes({s: {k: emb[s][k] for k in ("emo_emb", "spk_emb", "emotion", "speaker")} for s in SPLITS},
-                        seed=seed)
+    say(f"[2/3] leakage probes and identity-only floors ({cfg.evaluation.probe_seeds} probe seeds) ...")
+    leak = measure_leakage({s: emb[s] for s in ("train", "test")}, scored="test",
+                           method_direction=cfg.method.direction,
+                           seeds=range(seed, seed + cfg.evaluation.probe_seeds), floor_kind=cfg.evaluation.floor,
+                           num_emotions=cfg.model.num_emotions, n_boot=n_boot,
+                           holdout_fraction=cfg.evaluation.probe_holdout)
     say("[3/3] statistics (bootstrap intervals) ...")
     test, method = emb["test"], cfg.method.name
     ev = build_evaluation(
         run=run.name, method=method, spk_dim=cfg.model.spk_dim, emotion=test["emotion"], speaker=test["speaker"],
         emo_pred=None if method == "stl-speaker" else test["emo_pred"],
         spk_pred=None if method == "stl-emotion" else test["spk_pred"],
-        probe_emo_from_spk_pred=probes.emo_from_spk_pred, probe_spk_from_emo_pred=probes.spk_from_emo_pred,
-        aux_emo_pred=test["aux_emo_pred"], aux_spk_pred=test["aux_spk_pred"], n_boot=n_boot, seed=seed,
+        leak=leak.to_dict(), aux_emo_pred=test["aux_emo_pred"], aux_spk_pred=test["aux_spk_pred"], n_boot=n_boot,
+        seed=seed,
         extra={"manifest": str(manifest), "config_hash": cfg.hash(), "seed": cfg.train.seed,
                "n_train": int(len(emb["train"]["clip_id"])), "n_val": int(len(emb["val"]["clip_id"]))},
     )
     (run / EVALUATION_FILE).write_text(ev.to_json())
-    write_predictions(run / PREDICTIONS_FILE, test, probes)
+    write_predictions(run / PREDICTIONS_FILE, test, leak.directions["emo_from_spk"].probe_pred[0],
+                      leak.directions["spk_from_emo"].probe_pred[0])
     if ev.emo_confusion is not None:
         confusion_png(np.asarray(ev.emo_confusion), EMOTIONS, run / "confusion.png",
                       title=f"{run.name}: emotion (test)")
@@ -96,7 +101,10 @@ def summary_line(ev: Evaluation) -> str:
         parts.append(f"emotion F1 {ev.emo_f1.fmt()}")
     if ev.spk_acc is not None:
         parts.append(f"identity acc {ev.spk_acc.fmt()}")
-    parts.append(f"| probes: emotion from spk {ev.probe_emo_from_spk_f1.fmt()} (chance {100 * ev.chance_emo_f1:.1f}), "
-                 f"identity from emo {ev.probe_spk_from_emo_acc.fmt()} (chance {100 * ev.chance_spk_acc:.1f})"
-                 f" | leakage {ev.leakage.fmt()}")
+    floors = {k: d.get("floor", float("nan")) for k, d in ev.leakage_detail.get("directions", {}).items()}
+    parts.append(f"| emotion from spk emb: probe {ev.probe_emo_from_spk_f1.fmt()}, identity-only floor "
+                 f"{100 * floors.get('emo_from_spk', float('nan')):.1f}, chance {100 * ev.chance_emo_f1:.1f}"
+                 f" | identity from emo emb: probe {ev.probe_spk_from_emo_acc.fmt()}, floor "
+                 f"{100 * floors.get('spk_from_emo', float('nan')):.1f}"
+                 f" | leakage above the floor ({'+'.join(ev.leakage_targets)}) {ev.leakage.fmt()}")
     return " ".join(parts)

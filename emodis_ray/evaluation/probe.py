@@ -1,19 +1,16 @@
 """Leakage probes on frozen embeddings (docs/design.md §7), pure torch/NumPy.
 
-A probe is a one-hidden-layer MLP trained on the train split's embeddings, early-stopped on the validation
-split and scored on the test split. :func:`run_probes` trains the two of the paper: emotion from the *speaker*
-embedding (macro-F1) and identity from the *emotion* embedding (accuracy).
-
-Test labels never reach training: :func:`train_probe` takes train and validation arrays only, and
-:func:`run_probes` hands it nothing of the test split; test labels are read only when the finished probes'
-test predictions are scored.
+A probe is a one-hidden-layer MLP trained on embeddings and early-stopped on other rows given to it
+(:func:`train_probe`). :mod:`emodis_ray.evaluation.leakage` runs the two of the paper, emotion from the
+*speaker* embedding (macro-F1) and identity from the *emotion* embedding (accuracy), early-stopped on rows
+held out from train, so the labels of the split being scored never reach training.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from emodis_ray.core.scores import accuracy, macro_f1
-from emodis_ray.data.labels import EMOTIONS
 
 ProbeMetric = Literal["f1", "acc"]
 EMB_KEYS = ("emo_emb", "spk_emb", "emotion", "speaker")
@@ -143,66 +139,3 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
         net.load_state_dict(best_state)
     return Probe(mean=mean, std=std, net=net.eval(), num_classes=num_classes, metric=metric, best_epoch=best_epoch,
                  best_val=float(best_val), history=history)
-
-
-@dataclass
-class ProbeResult:
-    """The two leakage probes of one model, scored on the test split."""
-
-    emo_from_spk_f1: float  # emotion macro-F1 of the probe on the speaker embedding
-    spk_from_emo_acc: float  # identity accuracy of the probe on the emotion embedding
-    emo_from_spk_pred: np.ndarray  # [N_test] the emotion probe's test predictions
-    spk_from_emo_pred: np.ndarray  # [N_test] the identity probe's test predictions
-    emo_probe: Probe
-    spk_probe: Probe
-    # Empirical chance (``null_baseline=True``): the same probes trained on permuted training labels.
-    emo_null_f1: float | None = None
-    spk_null_acc: float | None = None
-
-
-def _split(emb: Mapping[str, Mapping[str, np.ndarray]], name: str) -> Mapping[str, np.ndarray]:
-    if name not in emb:
-        raise KeyError(f"embeddings have no {name!r} split (have: {', '.join(emb)})")
-    missing = [k for k in EMB_KEYS if k not in emb[name]]
-    if missing:
-        raise KeyError(f"split {name!r} lacks {', '.join(missing)}")
-    return emb[name]
-
-
-def run_probes(emb: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0, num_emotions: int = len(EMOTIONS),
-               num_speakers: int | None = None, null_baseline: bool = False,
-               **probe_kwargs: object) -> ProbeResult:
-    """Train both leakage probes on ``emb["train"]``, early-stop on ``emb["val"]``, score on ``emb["test"]``.
-
-    ``emb[split]`` holds ``emo_emb`` [N, D_emo], ``spk_emb`` [N, D_spk], ``emotion`` [N] and ``speaker`` [N]
-    (class indices). ``num_speakers`` defaults to 1 + the largest training speaker index (identity is
-    closed-set). ``probe_kwargs`` go to :func:`train_probe`.
-
-    ``null_baseline``: also train both probes on *permuted* training labels (validation unchanged) and score
-    them on test: an empirical chance level for this probe and these label priors. The paper's chance (always
-    the majority class) is a lower bar: a probe that spreads its guesses over the classes beats it on macro-F1
-    without any information in the embedding.
-    """
-    train, val = _split(emb, "train"), _split(emb, "val")
-    if num_speakers is None:
-        num_speakers = int(np.max(train["speaker"])) + 1
-    emo_probe = train_probe(train["spk_emb"], train["emotion"], val["spk_emb"], val["emotion"], num_emotions,
-                            seed=seed, metric="f1", **probe_kwargs)  # type: ignore[arg-type]
-    spk_probe = train_probe(train["emo_emb"], train["speaker"], val["emo_emb"], val["speaker"], num_speakers,
-                            seed=seed, metric="acc", **probe_kwargs)  # type: ignore[arg-type]
-    # Only now is the test split read: its embeddings for prediction, its labels for scoring.
-    test = _split(emb, "test")
-    emo_pred, spk_pred = emo_probe.predict(test["spk_emb"]), spk_probe.predict(test["emo_emb"])
-    result = ProbeResult(emo_from_spk_f1=macro_f1(test["emotion"], emo_pred, num_emotions),
-                         spk_from_emo_acc=accuracy(test["speaker"], spk_pred),
-                         emo_from_spk_pred=emo_pred, spk_from_emo_pred=spk_pred,
-                         emo_probe=emo_probe, spk_probe=spk_probe)
-    if null_baseline:
-        perm = np.random.default_rng(seed).permutation(len(train["emotion"]))
-        emo_null = train_probe(train["spk_emb"], np.asarray(train["emotion"])[perm], val["spk_emb"], val["emotion"],
-                               num_emotions, seed=seed, metric="f1", **probe_kwargs)  # type: ignore[arg-type]
-        spk_null = train_probe(train["emo_emb"], np.asarray(train["speaker"])[perm], val["emo_emb"], val["speaker"],
-                               num_speakers, seed=seed, metric="acc", **probe_kwargs)  # type: ignore[arg-type]
-        result.emo_null_f1 = macro_f1(test["emotion"], emo_null.predict(test["spk_emb"]), num_emotions)
-        result.spk_null_acc = accuracy(test["speaker"], spk_null.predict(test["emo_emb"]))
-    return result

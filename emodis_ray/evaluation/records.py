@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,7 @@ from emodis_ray.evaluation.stats import (
     StuartMaxwell,
     _num,
     bootstrap_ci,
-    chance_levels,
     contingency,
-    leakage,
-    leakage_ci,
     paired_bootstrap_diff,
     stuart_maxwell,
 )
@@ -68,7 +65,7 @@ class Estimate:
         return s
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: leakage above the identity-only floor (1: above majority chance, not read any more)
 _ESTIMATES = ("emo_f1", "spk_acc", "probe_emo_from_spk_f1", "probe_spk_from_emo_acc", "leakage")
 
 
@@ -78,9 +75,12 @@ class Evaluation:
 
     ``emo_f1``/``spk_acc`` come from the primary heads (None where the method does not train that head:
     ``stl-speaker`` has no emotion head, ``stl-emotion`` no identity head). The probes are trained on the
-    frozen embeddings (docs/design.md §7). ``aux_emo_f1``/``aux_spk_acc`` are the model's own auxiliary heads on the
-    test split (the online leakage estimate). ``emo_confusion`` is the primary emotion head's [K, K] confusion
-    counts (rows truth, columns prediction).
+    frozen embeddings (docs/design.md §7), their scores the mean over probe seeds. ``leakage`` is the
+    leakage above the identity-only floor of the directions the method targets (``leakage_targets``);
+    ``leakage_emo_from_spk``/``leakage_spk_from_emo`` each direction's; ``leakage_detail`` every figure of
+    the measure (probe, log-loss, chance, both floors, per seed). ``aux_emo_f1``/``aux_spk_acc`` are the
+    model's own auxiliary heads on the test split (the online leakage estimate). ``emo_confusion`` is the
+    primary emotion head's [K, K] confusion counts (rows truth, columns prediction).
     """
 
     run: str
@@ -96,6 +96,8 @@ class Evaluation:
     leakage: Estimate
     leakage_emo_from_spk: float
     leakage_spk_from_emo: float
+    leakage_targets: list[str] = field(default_factory=lambda: ["emo_from_spk"])
+    leakage_detail: dict[str, Any] = field(default_factory=dict)
     aux_emo_f1: float | None = None
     aux_spk_acc: float | None = None
     emo_confusion: list[list[int]] | None = None
@@ -120,7 +122,8 @@ class Evaluation:
     def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
         d = dict(d)
         if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-            raise ValueError(f"evaluation schema version {d['schema_version']} (this code reads {SCHEMA_VERSION})")
+            raise ValueError(f"evaluation schema version {d.get('schema_version')} (this code reads {SCHEMA_VERSION}): "
+                             f"evaluate the run again with `emodis evaluate`")
         for k in _ESTIMATES:
             if d.get(k) is not None:
                 d[k] = Estimate.from_dict(d[k])
@@ -139,34 +142,37 @@ class Evaluation:
 
 
 def build_evaluation(run: str, method: str, spk_dim: int, emotion: np.ndarray, speaker: np.ndarray,
-                     emo_pred: np.ndarray | None, spk_pred: np.ndarray | None, probe_emo_from_spk_pred: np.ndarray,
-                     probe_spk_from_emo_pred: np.ndarray, aux_emo_pred: np.ndarray | None = None,
-                     aux_spk_pred: np.ndarray | None = None, num_emotions: int = len(EMOTIONS), n_boot: int = 1000,
-                     alpha: float = 0.05, seed: int = 0, extra: Mapping[str, Any] | None = None) -> Evaluation:
+                     emo_pred: np.ndarray | None, spk_pred: np.ndarray | None, leak: Mapping[str, Any],
+                     aux_emo_pred: np.ndarray | None = None, aux_spk_pred: np.ndarray | None = None,
+                     num_emotions: int = len(EMOTIONS), n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                     extra: Mapping[str, Any] | None = None) -> Evaluation:
     """Every headline figure of one run with its bootstrap interval, from per-clip test arrays: labels
-    (``emotion``, ``speaker``), primary-head predictions (None for a head the method does not train),
-    the two probes' predictions and, optionally, the aux heads' predictions."""
+    (``emotion``, ``speaker``), primary-head predictions (None for a head the method does not train) and,
+    optionally, the aux heads' predictions; ``leak`` is the leakage measure on the same clips
+    (:meth:`~emodis_ray.evaluation.leakage.LeakageReport.to_dict`)."""
     emotion, speaker = np.asarray(emotion), np.asarray(speaker)
     f1 = functools.partial(macro_f1, num_classes=num_emotions)
     boot = dict(n=n_boot, alpha=alpha, seed=seed)
-    chances = chance_levels(emotion, speaker, num_emotions)
-    p_f1 = Estimate.of(bootstrap_ci(f1, emotion, probe_emo_from_spk_pred, **boot))
-    p_acc = Estimate.of(bootstrap_ci(accuracy, speaker, probe_spk_from_emo_pred, **boot))
-    leak = leakage(p_f1.value, p_acc.value, chances)
+    d_emo, d_spk = leak["directions"]["emo_from_spk"], leak["directions"]["spk_from_emo"]
     cm = contingency(emotion, emo_pred, num_emotions).tolist() if emo_pred is not None else None
     return Evaluation(
         run=run, method=method, spk_dim=int(spk_dim), n_test=int(emotion.size),
         emo_f1=None if emo_pred is None else Estimate.of(bootstrap_ci(f1, emotion, emo_pred, **boot)),
         spk_acc=None if spk_pred is None else Estimate.of(bootstrap_ci(accuracy, speaker, spk_pred, **boot)),
-        probe_emo_from_spk_f1=p_f1, probe_spk_from_emo_acc=p_acc,
-        chance_emo_f1=chances[0], chance_spk_acc=chances[1],
-        leakage=Estimate.of(leakage_ci(emotion, probe_emo_from_spk_pred, speaker, probe_spk_from_emo_pred,
-                                       num_emotions, **boot)),
-        leakage_emo_from_spk=leak.emo_from_spk, leakage_spk_from_emo=leak.spk_from_emo,
+        probe_emo_from_spk_f1=_estimate(d_emo["probe"], d_emo.get("probe_ci")),
+        probe_spk_from_emo_acc=_estimate(d_spk["probe"], d_spk.get("probe_ci")),
+        chance_emo_f1=float(d_emo["chance"]), chance_spk_acc=float(d_spk["chance"]),
+        leakage=_estimate(leak["headline"], leak.get("headline_ci")),
+        leakage_emo_from_spk=float(d_emo["above_floor"]), leakage_spk_from_emo=float(d_spk["above_floor"]),
+        leakage_targets=list(leak["targets"]), leakage_detail=dict(leak),
         aux_emo_f1=None if aux_emo_pred is None else macro_f1(emotion, aux_emo_pred, num_emotions),
         aux_spk_acc=None if aux_spk_pred is None else accuracy(speaker, aux_spk_pred),
         emo_confusion=cm, seed=seed, extra=dict(extra or {}),
     )
+
+
+def _estimate(value: float, ci: Sequence[float] | None) -> Estimate:
+    return Estimate(float(value), *(float(c) for c in ci)) if ci else Estimate(float(value))
 
 
 @dataclass(frozen=True)
@@ -221,13 +227,14 @@ def compare(a: Evaluation, b: Evaluation, emotion: np.ndarray, emo_pred_a: np.nd
 
 
 # --- in a run folder -----------------------------------------------------------------------------------
-def write_predictions(path: Path, test: dict[str, np.ndarray], probes: Any) -> None:
-    """``predictions.parquet``: per test clip, truth and every prediction (``probes``: a ``ProbeResult``)."""
+def write_predictions(path: Path, test: dict[str, np.ndarray], probe_emo_from_spk: np.ndarray,
+                      probe_spk_from_emo: np.ndarray) -> None:
+    """``predictions.parquet``: per test clip, truth and every prediction (the probes': their first seed's)."""
     df = pd.DataFrame({
         "clip_id": test["clip_id"].astype(str), "emotion": test["emotion"], "speaker": test["speaker"],
         "emo_pred": test["emo_pred"], "spk_pred": test["spk_pred"], "aux_emo_pred": test["aux_emo_pred"],
-        "aux_spk_pred": test["aux_spk_pred"], "probe_emo_from_spk": probes.emo_from_spk_pred,
-        "probe_spk_from_emo": probes.spk_from_emo_pred,
+        "aux_spk_pred": test["aux_spk_pred"], "probe_emo_from_spk": probe_emo_from_spk,
+        "probe_spk_from_emo": probe_spk_from_emo,
     })
     df.to_parquet(path, index=False)
 

@@ -156,40 +156,6 @@ def paired_bootstrap_diff(metric_fn: Callable[..., float], y: np.ndarray, pred_a
     return (point, *_interval(scores, alpha))
 
 
-def _leakage_rows(idx: np.ndarray, emotion: np.ndarray, emo_pred: np.ndarray, speaker: np.ndarray,
-                  spk_pred: np.ndarray, num_emotions: int) -> np.ndarray:
-    """Leakage score of each resample, with the chance levels recomputed from the resample's own priors."""
-    f1 = _macro_f1_rows(idx, emotion, emo_pred, num_emotions)
-    acc = _accuracy_rows(idx, speaker, spk_pred)
-    e_shares = _max_share_rows(idx, emotion)
-    chance_f1 = 2 * e_shares / (1 + e_shares) / num_emotions
-    chance_acc = _max_share_rows(idx, speaker)
-    resc = lambda s, c: np.maximum(0.0, np.divide(s - c, 1 - c, out=np.zeros_like(s), where=c < 1))
-    return (resc(f1, chance_f1) + resc(acc, chance_acc)) / 2
-
-
-def _max_share_rows(idx: np.ndarray, y: np.ndarray) -> np.ndarray:
-    _, codes = np.unique(np.asarray(y), return_inverse=True)
-    k = int(codes.max()) + 1
-    b = idx.shape[0]
-    flat = (np.arange(b)[:, None] * k + codes.reshape(-1)[idx]).ravel()
-    counts = np.bincount(flat, minlength=b * k).reshape(b, k)
-    return counts.max(1) / idx.shape[1]
-
-
-def leakage_ci(emotion: np.ndarray, emo_from_spk_pred: np.ndarray, speaker: np.ndarray,
-               spk_from_emo_pred: np.ndarray, num_emotions: int = len(EMOTIONS), n: int = 1000,
-               alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
-    """Bootstrap ``(point, lo, hi)`` of the leakage score from the two probes' test predictions; chance levels
-    are those of the test set (point) or of each resample (interval)."""
-    arrays = tuple(np.asarray(a) for a in (emotion, emo_from_spk_pred, speaker, spk_from_emo_pred))
-    _clips(arrays)
-    chances = chance_levels(arrays[0], arrays[2], num_emotions)
-    point = leakage_score(macro_f1(arrays[0], arrays[1], num_emotions), accuracy(arrays[2], arrays[3]), chances)
-    rowwise = functools.partial(_leakage_rows, num_emotions=num_emotions)
-    return (point, *_interval(_resample_scores(rowwise, arrays, n, seed), alpha))
-
-
 # --- Stuart–Maxwell -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StuartMaxwell:

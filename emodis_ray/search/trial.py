@@ -124,13 +124,14 @@ def release_trial(run: Path) -> int:
 
 
 def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> dict[str, float]:
-    """Leakage probes of a trained run on validation: embeddings of train and val (never test) from the frozen
-    model, probes trained on train and early-stopped and scored on val; chance from the val priors."""
+    """The leakage measure of a trained run on validation (never test): embeddings of train and val from the
+    frozen model; probes trained on train (early-stopped on held-out train rows) and scored on val beside the
+    identity-only floors; ``val_leakage`` is the leakage above the floor of the directions the method targets."""
     from emodis_ray.data.cache import find_cache
     from emodis_ray.data.ingest import cache_rows
     from emodis_ray.data.manifest import manifest_hash, read_manifest
     from emodis_ray.evaluation.infer import embed_rows
-    from emodis_ray.evaluation.probe import run_probes
+    from emodis_ray.evaluation.leakage import measure_leakage
 
     ctx = ray.data.DataContext.get_current()  # this trial's process: no progress bars in the search's log
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
@@ -141,14 +142,15 @@ def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> 
                       use_gpu=cfg.train.use_gpu)
     keys = ("emo_emb", "spk_emb", "emotion", "speaker")
     emb = {s: {k: cols[k][cols["split"] == s] for k in keys} for s in ("train", "val")}
-    probes = run_probes({"train": emb["train"], "val": emb["val"], "test": emb["val"]}, seed=seed,
-                        num_speakers=int(df["speaker_idx"].max()) + 1)
-    chances = chance_levels(emb["val"]["emotion"], emb["val"]["speaker"])
-    leak = leakage(probes.emo_from_spk_f1, probes.spk_from_emo_acc, chances)
-    return {"val_leakage": leak.score, "probe_emo_from_spk_f1": probes.emo_from_spk_f1,
-            "probe_spk_from_emo_acc": probes.spk_from_emo_acc, "leak_emo_from_spk": leak.emo_from_spk,
-            "leak_spk_from_emo": leak.spk_from_emo, "chance_emo_f1": chances[0], "chance_spk_acc": chances[1],
-            "n_val": float(len(emb["val"]["emotion"]))}
+    leak = measure_leakage(emb, scored="val", method_direction=cfg.method.direction,
+                           seeds=range(seed, seed + cfg.evaluation.probe_seeds), floor_kind=cfg.evaluation.floor,
+                           num_speakers=int(df["speaker_idx"].max()) + 1, n_boot=0,
+                           holdout_fraction=cfg.evaluation.probe_holdout)
+    e, s = leak.directions["emo_from_spk"], leak.directions["spk_from_emo"]
+    return {"val_leakage": leak.headline, "probe_emo_from_spk_f1": e.probe, "probe_spk_from_emo_acc": s.probe,
+            "leak_emo_from_spk": e.above_floor, "leak_spk_from_emo": s.above_floor,
+            "floor_emo_from_spk_f1": e.floor, "floor_spk_from_emo_acc": s.floor,
+            "chance_emo_f1": e.chance, "chance_spk_acc": s.chance, "n_val": float(len(emb["val"]["emotion"]))}
 
 
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:

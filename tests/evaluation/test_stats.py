@@ -17,7 +17,6 @@ from emodis_ray.evaluation.stats import (
     chance_levels,
     contingency,
     leakage,
-    leakage_ci,
     leakage_score,
     paired_bootstrap_diff,
     stuart_maxwell,
@@ -103,16 +102,6 @@ def test_paired_bootstrap_diff():
         bootstrap_ci(accuracy, y, good[:-1])
 
 
-def test_leakage_ci_point_is_the_leakage_score():
-    rng = np.random.default_rng(3)
-    emo, spk = rng.choice(5, 500, p=[0.5, 0.2, 0.1, 0.1, 0.1]), rng.integers(0, 10, 500)
-    emo_pred, spk_pred = noisy(emo, 5, 0.5, seed=5), noisy(spk, 10, 0.3, seed=6)
-    point, lo, hi = leakage_ci(emo, emo_pred, spk, spk_pred, n=300)
-    chances = chance_levels(emo, spk)
-    assert point == pytest.approx(leakage_score(macro_f1(emo, emo_pred), accuracy(spk, spk_pred), chances))
-    assert 0 <= lo <= point <= hi <= 1
-
-
 # --- Stuart–Maxwell ----------------------------------------------------------------------------------------
 KNOWN = np.array([[30, 5, 2, 1, 0],
                   [8, 20, 3, 0, 1],
@@ -181,10 +170,11 @@ def test_build_evaluation_and_json_round_trip():
     assert ev.n_test == 300 and ev.emo_f1 is not None and ev.spk_acc is not None
     for est in (ev.emo_f1, ev.spk_acc, ev.probe_emo_from_spk_f1, ev.probe_spk_from_emo_acc, ev.leakage):
         assert est.lo <= est.value <= est.hi
-    assert ev.leakage.value == pytest.approx((ev.leakage_emo_from_spk + ev.leakage_spk_from_emo) / 2)
-    assert ev.leakage.value == pytest.approx(leakage_score(ev.probe_emo_from_spk_f1.value,
-                                                           ev.probe_spk_from_emo_acc.value,
-                                                           (ev.chance_emo_f1, ev.chance_spk_acc)))
+    # the headline is the targeted direction (spk2emo by default) above its identity-only floor
+    assert ev.leakage_targets == ["emo_from_spk"] and ev.leakage.value == ev.leakage_emo_from_spk
+    detail = ev.leakage_detail["directions"]["emo_from_spk"]
+    assert ev.leakage.value == pytest.approx(max(0.0, (detail["probe"] - detail["floor"]) / (1 - detail["floor"])))
+    assert ev.probe_emo_from_spk_f1.value == detail["probe"] and ev.chance_emo_f1 == detail["chance"]
     assert np.asarray(ev.emo_confusion).sum() == 300
     text = ev.to_json()
     assert Evaluation.from_json(text) == ev

@@ -59,6 +59,9 @@ class SynthConfig:
     noise: float = 0.25  # pixel / audio noise level
     teacher_noise: float = 1.0  # std of the noise added to the teacher's per-frame logits
     heard_fraction: float = 0.34  # share of each person's videos in the "heard" set (val + test)
+    # more heard clips per person, on videos of their own: val and test only (they cost decoding, not
+    # training), so that leakage and F1 are measured on enough clips to tell methods apart
+    heard_clips_per_person: int = 0
     unheard_people: int = 1  # extra people only in EmoVox set 2 ("unheard"), which the manifest drops
     workers: int = 0  # 0: one Ray task per CPU; 1: no Ray at all (serial)
 

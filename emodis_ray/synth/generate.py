@@ -106,6 +106,9 @@ def _names(rng: np.random.Generator, genders: list[str]) -> list[str]:
     return out
 
 
+HEARD_CLIPS_PER_VIDEO = 8  # extra heard clips are spread over videos of about this many clips
+
+
 def _heard_count(n_videos: int, fraction: float) -> int:
     if n_videos < 2:
         return 0
@@ -127,6 +130,7 @@ def check_config(cfg: SynthConfig) -> None:
                                    cfg.short_clip_fraction)),
          "prior_skew, person_relative, heard_fraction, short_clip_fraction must be in [0, 1]"),
         (cfg.noise >= 0 and cfg.teacher_noise >= 0 and cfg.workers >= 0, "noise, teacher_noise, workers >= 0"),
+        (cfg.heard_clips_per_person >= 0, "heard_clips_per_person must be >= 0"),
     ]
     for ok, message in rules:
         if not ok:
@@ -144,20 +148,19 @@ def sample_labels(cfg: SynthConfig) -> pd.DataFrame:
     n_videos = min(cfg.videos_per_person, cfg.clips_per_person)
     used_ids: set[str] = set()
     rows: list[dict[str, Any]] = []
-    for p in range(n_people):
-        unheard = p >= cfg.people
-        nationality = _NATIONS[rng.integers(len(_NATIONS))]
-        prior = person_prior(cfg, favourites[p])
+
+    def new_videos(rng: np.random.Generator, n: int) -> list[str]:
         vids = []
-        for _ in range(n_videos):
+        for _ in range(n):
             vid = _video_id(rng, len(used_ids) % 3)
             while vid in used_ids:
                 vid = _video_id(rng, len(used_ids) % 3)
             used_ids.add(vid)
             vids.append(vid)
-        heard = set(rng.permutation(n_videos)[: _heard_count(n_videos, cfg.heard_fraction)].tolist())
-        per_video = np.full(n_videos, cfg.clips_per_person // n_videos)
-        per_video[rng.permutation(n_videos)[: cfg.clips_per_person % n_videos]] += 1
+        return vids
+
+    def add_clips(rng: np.random.Generator, p: int, nationality: str, prior: np.ndarray, vids: list[str],
+                  per_video: np.ndarray, first_video: int, sets: list[int]) -> None:
         for v, vid in enumerate(vids):
             for track in range(1, int(per_video[v]) + 1):
                 if rng.random() < cfg.short_clip_fraction and cfg.clip_s_min > MIN_SHORT_S:
@@ -174,15 +177,35 @@ def sample_labels(cfg: SynthConfig) -> pd.DataFrame:
                     "gender": persons[p].gender,
                     "nationality": nationality,
                     "video_id": vid,
-                    "video_idx": v,
+                    "video_idx": first_video + v,
                     "track": track,
                     "true_emotion": FERPLUS_CLASSES[int(rng.choice(len(FERPLUS_CLASSES), p=prior))],
                     "intensity": float(rng.uniform(cfg.intensity_min, cfg.intensity_max)),
                     "duration_s": frames / cfg.fps,
                     "frames": frames,
                     "samples": int(round(frames / cfg.fps * cfg.sample_rate)),
-                    "set": 2 if unheard else (3 if v in heard else 1),
+                    "set": sets[v],
                 })
+
+    people: list[tuple[str, np.ndarray]] = []
+    for p in range(n_people):
+        unheard = p >= cfg.people
+        nationality = _NATIONS[rng.integers(len(_NATIONS))]
+        prior = person_prior(cfg, favourites[p])
+        people.append((nationality, prior))
+        vids = new_videos(rng, n_videos)
+        heard = set(rng.permutation(n_videos)[: _heard_count(n_videos, cfg.heard_fraction)].tolist())
+        per_video = np.full(n_videos, cfg.clips_per_person // n_videos)
+        per_video[rng.permutation(n_videos)[: cfg.clips_per_person % n_videos]] += 1
+        sets = [2 if unheard else (3 if v in heard else 1) for v in range(n_videos)]
+        add_clips(rng, p, nationality, prior, vids, per_video, 0, sets)
+    # Extra heard clips (val/test only) from a stream of their own, so the rest of the set stays as it was.
+    extra = np.random.default_rng([cfg.seed, TAG_LABELS, 1])
+    for p in range(cfg.people if cfg.heard_clips_per_person > 0 else 0):
+        n_vid = max(2, -(-cfg.heard_clips_per_person // HEARD_CLIPS_PER_VIDEO))
+        per_video = np.full(n_vid, cfg.heard_clips_per_person // n_vid)
+        per_video[extra.permutation(n_vid)[: cfg.heard_clips_per_person % n_vid]] += 1
+        add_clips(extra, p, *people[p], new_videos(extra, n_vid), per_video, n_videos, [3] * n_vid)
     return pd.DataFrame(rows)
 
 

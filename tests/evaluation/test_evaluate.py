@@ -40,6 +40,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
     root = tmp_path_factory.mktemp("eval")
     cfg = load_config("tiny", ["synth.people=6", "synth.clips_per_person=14", "synth.videos_per_person=6",
                                "synth.unheard_people=0", "synth.short_clip_fraction=0.0", "synth.workers=1",
+                               "synth.heard_clips_per_person=0",
                                "labels.drop_percentile=0", "train.epochs=3"])
     generate(root / "data", cfg.synth, progress=False)
     df, _ = emovox_manifest(root / "data/senet50-ferplus-logits.mat", root / "data/vox1_meta.csv",

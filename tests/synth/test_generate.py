@@ -223,3 +223,20 @@ def test_bad_config_is_named():
         sample_labels(SynthConfig(size=33))
     with pytest.raises(ValueError, match="prior_skew"):
         sample_labels(SynthConfig(prior_skew=1.5))
+
+
+def test_extra_heard_clips_grow_val_and_test_only_and_leave_the_rest_as_it_was() -> None:
+    from emodis_ray.synth.generate import sample_labels
+
+    base = SynthConfig(people=5, clips_per_person=12, videos_per_person=4, seed=3)
+    a = sample_labels(base)
+    b = sample_labels(dataclasses.replace(base, heard_clips_per_person=20))
+    assert a.equals(b.iloc[: len(a)])  # the original clips, labels and durations are untouched
+    extra = b.iloc[len(a):]
+    assert len(extra) == 5 * 20 and set(extra["set"]) == {3}  # heard only: val/test, never train
+    assert not set(extra["video_id"]) & set(a["video_id"])  # on videos of their own
+    assert extra.groupby("person")["video_id"].nunique().min() >= 2  # so a video-level split has both sides
+    # each person keeps their own (skewed) emotion prior in the extra clips
+    for p, rows in extra.groupby("person"):
+        fav = a[a["person"] == p]["true_emotion"].value_counts().index[0]
+        assert fav in rows["true_emotion"].value_counts().index[:3]

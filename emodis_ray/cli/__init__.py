@@ -32,7 +32,8 @@ overrides, e.g. --set model.spk_dim=64. Run `emodis COMMAND --help` for details.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     data.add_synth, data.add_manifest, data.add_preprocess, train.add_train, bench.add_bench,
     evaluation.add_evaluate, evaluation.add_compare, evaluation.add_report, train.add_reproduce,
-    evaluation.add_predict, train.add_tune, train.add_demo, train.add_config, cluster.add_submit, cluster.add_jobs,
+    evaluation.add_predict, train.add_tune, train.add_study, train.add_demo, train.add_config, cluster.add_submit,
+    cluster.add_jobs,
 )
 
 

@@ -23,6 +23,7 @@ from emodis_ray.core.checkpoint import MODEL_FILE
 from emodis_ray.data.labels import EMOTIONS, SPLITS
 from emodis_ray.evaluation.records import (
     EVALUATION_FILE,
+    LEAKAGE_PREDICTIONS_FILE,
     PREDICTIONS_FILE,
     Evaluation,
     build_evaluation,
@@ -53,7 +54,7 @@ def embed_splits(run: Path, manifest: Path, cfg: Config, actors: int | None = No
 def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, seed: int = 0,
                  actors: int | None = None, progress: bool = True) -> Evaluation:
     """Evaluate a trained run and write its evaluation files into the run folder."""
-    from emodis_ray.evaluation.leakage import measure_leakage
+    from emodis_ray.evaluation.leakage import measure_leakage, save_predictions
     from emodis_ray.evaluation.report import confusion_png, runs_markdown
 
     say = print if progress else (lambda *a, **k: None)
@@ -87,6 +88,7 @@ def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, se
     (run / EVALUATION_FILE).write_text(ev.to_json())
     write_predictions(run / PREDICTIONS_FILE, test, leak.directions["emo_from_spk"].probe_pred[0],
                       leak.directions["spk_from_emo"].probe_pred[0])
+    save_predictions(leak, test, run / LEAKAGE_PREDICTIONS_FILE)
     if ev.emo_confusion is not None:
         confusion_png(np.asarray(ev.emo_confusion), EMOTIONS, run / "confusion.png",
                       title=f"{run.name}: emotion (test)")

@@ -274,6 +274,18 @@ class LeakageReport:
                 "directions": {k: v.to_dict() for k, v in self.directions.items()}}
 
 
+def save_predictions(report: LeakageReport, labels: Mapping[str, np.ndarray], path: Any) -> None:
+    """Every scored clip's predictions of the measure (``.npz``): per direction its labels, each probe seed's
+    and each shuffled-floor probe's predictions and the prior floor's, so that a study can resample clips and
+    seeds later (:mod:`emodis_ray.evaluation.study`). ``labels``: ``{"emotion": [N], "speaker": [N]}``."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, d in report.directions.items():
+        y = labels["emotion"] if name == "emo_from_spk" else labels["speaker"]
+        arrays |= {f"{name}.y": np.asarray(y), f"{name}.probe": np.stack(d.probe_pred),
+                   f"{name}.shuffled": np.stack(d.shuffled_pred), f"{name}.prior": np.asarray(d.prior_pred)}
+    np.savez_compressed(path, **arrays)
+
+
 def measure_leakage(emb: Mapping[str, Mapping[str, np.ndarray]], scored: str = "test",
                     method_direction: str = "spk2emo", seeds: Sequence[int] = (0, 1, 2),
                     floor_kind: FloorKind = "shuffled", num_emotions: int = 5, num_speakers: int | None = None,

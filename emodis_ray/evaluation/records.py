@@ -30,6 +30,7 @@ from emodis_ray.evaluation.stats import (
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.parquet"
+LEAKAGE_PREDICTIONS_FILE = "leakage_predictions.npz"  # every probe seed's per-clip predictions, for studies
 
 
 @dataclass(frozen=True)

@@ -179,8 +179,9 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="run the main job end to end on a synthetic set",
         description="End to end on the embedded default, on a local Ray cluster that it starts (or RAY_ADDRESS): "
                     "write a synthetic EmoVox set in the real formats, build its manifest with the EmoVox label "
-                    "rules, decode it once into the feature cache, train the MTL baseline and gradient reversal "
-                    "with Ray Train, evaluate both with leakage probes and write a report (OUT/report/report.md). "
+                    "rules, decode it once into the feature cache, train the MTL baseline, the confusion loss and "
+                    "gradient reversal with Ray Train, evaluate each (leakage above the identity-only floor) and "
+                    "write a report (OUT/report/report.md). "
                     "A rerun keeps finished steps.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
     add_address(p)
@@ -201,7 +202,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds: expected at least 1, got {args.seeds}")
     arms = parse_arms(args.arm, cfg)  # errors name the arm, before Ray starts
     run_study(Path(args.manifest), Path(args.out), arms, list(range(args.first_seed, args.first_seed + args.seeds)),
-              n_boot=args.bootstrap, max_concurrent=args.max_concurrent, address=args.address)
+              n_boot=args.bootstrap, max_concurrent=args.max_concurrent, address=args.address,
+              frozen_trunk=Path(args.frozen_trunk) if args.frozen_trunk else None)
     return 0
 
 
@@ -225,6 +227,9 @@ def add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="feature cache folder made by `emodis preprocess` (sets data.cache_dir)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: from the cluster's CPUs)")
+    p.add_argument("--frozen-trunk", metavar="RUN",
+                   help="a screen: keep RUN's trunks fixed (their outputs computed once) and train only the "
+                        "embeddings and heads per arm and seed; minutes instead of hours, labelled a screen")
     add_address(p)
     add_config_args(p)
     p.set_defaults(func=_cmd_study)

@@ -196,9 +196,20 @@ class MultitaskModel(nn.Module):
         aux heads are in the graph (the aux step of ALT/CONF: cheaper, and DDP sees the rest as unused).
         """
         with contextlib.nullcontext() if encoder_grad else torch.no_grad():
-            a = self.audio_pool(_per_segment(self.audio_trunk, audio, mask), mask)  # [B, Fa]
-            v = self.visual_pool(_per_segment(self.visual_trunk, faces, mask), mask)  # [B, Fv]
-            h = self.dropout(torch.cat([a, v], dim=-1))  # [B, Fa+Fv]
+            h = self.trunk_features(audio, faces, mask)  # [B, Fa+Fv]
+        return self.from_features(h, spk_emb_fn, emo_emb_fn, encoder_grad)
+
+    def trunk_features(self, audio: Tensor, faces: Tensor, mask: Tensor) -> Tensor:
+        """The two trunks, pooled over the segments and concatenated: [B, Fa+Fv]."""
+        a = self.audio_pool(_per_segment(self.audio_trunk, audio, mask), mask)  # [B, Fa]
+        v = self.visual_pool(_per_segment(self.visual_trunk, faces, mask), mask)  # [B, Fv]
+        return torch.cat([a, v], dim=-1)  # [B, Fa+Fv]
+
+    def from_features(self, h: Tensor, spk_emb_fn: EmbeddingFn = _identity, emo_emb_fn: EmbeddingFn = _identity,
+                      encoder_grad: bool = True) -> ModelOutput:
+        """Everything after the trunks: embeddings and heads, from pooled trunk features ``h`` [B, Fa+Fv]."""
+        with contextlib.nullcontext() if encoder_grad else torch.no_grad():
+            h = self.dropout(h)  # [B, Fa+Fv]
             emo_emb = self.emo_embed(h)  # [B, emo_dim]
             spk_emb = self.spk_embed(h)  # [B, spk_dim]
             emo_logits = self.emo_head(emo_emb)  # [B, num_emotions]
@@ -206,6 +217,30 @@ class MultitaskModel(nn.Module):
         aux_emo_logits = self.aux_emo_head(spk_emb_fn(spk_emb))  # [B, num_emotions]
         aux_spk_logits = self.aux_spk_head(emo_emb_fn(emo_emb))  # [B, num_speakers]
         return ModelOutput(emo_emb, spk_emb, emo_logits, spk_logits, aux_emo_logits, aux_spk_logits)
+
+
+class HeadsOnly(nn.Module):
+    """The embedding layers and heads of a :class:`MultitaskModel`, trained on fixed pooled trunk features (the
+    frozen-trunk screen). It has the model's interface, ``forward(h, faces, mask, ...)`` with the features
+    ``h`` [B, Fa+Fv] in the audio slot (``faces`` and ``mask`` are ignored), so every method trains it unchanged;
+    its "encoder" is the two embedding layers."""
+
+    def __init__(self, model: MultitaskModel) -> None:
+        super().__init__()
+        self.model = model
+        self.emo_head, self.spk_head = model.emo_head, model.spk_head
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.model.emo_embed.parameters()
+        yield from self.model.spk_embed.parameters()
+
+    def aux_head_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.model.aux_head_parameters()
+
+    def forward(self, h: Tensor, faces: Tensor | None = None, mask: Tensor | None = None,
+                spk_emb_fn: EmbeddingFn = _identity, emo_emb_fn: EmbeddingFn = _identity,
+                encoder_grad: bool = True) -> ModelOutput:
+        return self.model.from_features(h, spk_emb_fn, emo_emb_fn, encoder_grad)
 
 
 def _aux_head(dim: int, classes: int, hidden: int) -> nn.Module:
@@ -252,6 +287,6 @@ def flops_per_clip(model: nn.Module, batch: dict[str, Tensor]) -> float:
 
 
 __all__ = [
-    "AudioTrunk", "VisualTrunk", "TemporalPool", "ModelOutput", "MultitaskModel", "build_model",
+    "AudioTrunk", "VisualTrunk", "TemporalPool", "ModelOutput", "MultitaskModel", "HeadsOnly", "build_model",
     "unwrap", "flops_per_clip",
 ]

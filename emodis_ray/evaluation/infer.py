@@ -25,7 +25,7 @@ EMBED_COLUMNS = ("clip_id", "split", "emotion", "speaker", "emo_pred", "spk_pred
 class EmbedClips:
     """Ray Data UDF: segment rows -> predictions of every head, emotion probabilities, both embeddings."""
 
-    def __init__(self, model_path: str, features: dict[str, Any], use_gpu: bool = False) -> None:
+    def __init__(self, model_path: str, features: dict[str, Any], use_gpu: bool = False, trunk: bool = False) -> None:
         import torch
 
         from emodis_ray.core.checkpoint import load_model
@@ -34,6 +34,7 @@ class EmbedClips:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model, _ = load_model(model_path, self.device)
         self.features = FeatureConfig(**features)
+        self.trunk = trunk  # also return the pooled trunk features (the frozen-trunk screen's input)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -43,9 +44,10 @@ class EmbedClips:
 
         batch = to_device(collate(rows, self.features, train=False), self.device)
         with torch.no_grad():
-            out = self.model(batch["audio"], batch["faces"], batch["mask"])
+            h = self.model.trunk_features(batch["audio"], batch["faces"], batch["mask"])  # [B, F]
+            out = self.model.from_features(h)
         cpu = lambda t: t.float().cpu().numpy()  # noqa: E731
-        return {
+        return ({"trunk": cpu(h)} if self.trunk else {}) | {
             "clip_id": np.asarray(batch["clip_id"], dtype=object),
             "split": np.asarray(rows["split"], dtype=object),
             "emotion": np.asarray(rows["emotion"], np.int64),
@@ -61,19 +63,22 @@ class EmbedClips:
 
 
 def embed_rows(rows: ray.data.Dataset, model_path: Path, features: FeatureConfig, batch_size: int = 32,
-               actors: int = 1, use_gpu: bool = False) -> dict[str, np.ndarray]:
-    """Run :class:`EmbedClips` over a dataset of segment rows; columns gathered on the driver, sorted by clip id."""
+               actors: int = 1, use_gpu: bool = False, trunk: bool = False) -> dict[str, np.ndarray]:
+    """Run :class:`EmbedClips` over a dataset of segment rows; columns gathered on the driver, sorted by clip id.
+    ``trunk``: also the pooled trunk features (column ``trunk``)."""
     from dataclasses import asdict
 
     out = rows.map_batches(
         EmbedClips, batch_format="numpy", batch_size=batch_size, concurrency=max(1, actors),
         num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs={"model_path": str(model_path), "features": asdict(features), "use_gpu": use_gpu},
+        fn_constructor_kwargs={"model_path": str(model_path), "features": asdict(features), "use_gpu": use_gpu,
+                               "trunk": trunk},
     )
     parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
+    names = (*EMBED_COLUMNS, "trunk") if trunk else EMBED_COLUMNS
     if not parts:
-        return {k: np.empty(0) for k in EMBED_COLUMNS}
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in EMBED_COLUMNS}
+        return {k: np.empty(0) for k in names}
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in names}
     order = np.argsort(cols["clip_id"].astype(str), kind="stable")
     return {k: v[order] for k, v in cols.items()}
 

@@ -78,9 +78,11 @@ def train_and_evaluate(manifest: str, run: str, cfg: dict[str, Any], n_boot: int
 
 
 def run_study(manifest: Path, out: Path, arms: Sequence[Arm], seeds: Sequence[int], n_boot: int = 1000,
-              max_concurrent: int | None = None, address: str | None = None,
-              progress: bool = True) -> dict[str, Path]:
-    """Train and evaluate every (arm, seed), then write ``OUT/study.json``, ``study.md`` and ``study.png``."""
+              max_concurrent: int | None = None, address: str | None = None, progress: bool = True,
+              frozen_trunk: Path | None = None) -> dict[str, Path]:
+    """Train and evaluate every (arm, seed), then write ``OUT/study.json``, ``study.md`` and ``study.png``.
+    ``frozen_trunk``: a trained run whose trunks stay fixed; only the embeddings and heads train (a screen,
+    :mod:`emodis_ray.workflows.screen`)."""
     import ray
 
     from emodis_ray.evaluation import study
@@ -91,10 +93,17 @@ def run_study(manifest: Path, out: Path, arms: Sequence[Arm], seeds: Sequence[in
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(a, s, run_dir(out, a.name, s)) for a in arms for s in seeds]
     with ray_session(address):
+        if frozen_trunk is not None:
+            from emodis_ray.workflows.screen import screen_arms
+
+            say(f"study (frozen-trunk screen): {len(arms)} arms x {len(seeds)} seeds = {len(jobs)} runs -> {out}")
+            screen_arms(Path(frozen_trunk), manifest, out, arms, seeds, n_boot, say)
+            jobs = []
         workers = max(a.cfg.train.workers for a in arms)
         use_gpu = any(a.cfg.train.use_gpu for a in arms)
         n = max_concurrent or max_concurrent_trials(workers, cluster_cpus(), cluster_gpus(), use_gpu)
-        say(f"study: {len(arms)} arms x {len(seeds)} seeds = {len(jobs)} runs, {n} at a time -> {out}")
+        if jobs:
+            say(f"study: {len(arms)} arms x {len(seeds)} seeds = {len(jobs)} runs, {n} at a time -> {out}")
         # 1. Each (arm, seed) trains and evaluates; one at a time here, or as 0-CPU Ray tasks whose train
         #    workers and Ray Data tasks take the CPUs (the budget above leaves Ray Data one per run).
         if n <= 1:
@@ -121,7 +130,7 @@ def run_study(manifest: Path, out: Path, arms: Sequence[Arm], seeds: Sequence[in
     configs = {a.name: {"source": a.source, **{k: v for k, v in a.cfg.to_dict().items()
                                                 if k in ("method", "model", "optim", "train", "evaluation")}}
                for a in arms}
-    result = study.summarise(data, configs, n_boot=n_boot)
+    result = study.summarise(data, configs, n_boot=n_boot, screen=frozen_trunk is not None)
     paths = study.write(out, result)
     say(study.markdown(result))
     say(f"study finished in {time.perf_counter() - t0:.0f} s: {paths['md']}, {paths['json']}, {paths['png']}")

@@ -41,6 +41,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         t0 = time.perf_counter()
         run_study(root / "manifest.parquet", root / "out", arms, [0, 1], n_boot=100, progress=False)
         (root / "again_s.txt").write_text(str(time.perf_counter() - t0))
+        run_study(root / "manifest.parquet", root / "screen", arms, [0, 1, 2], n_boot=100, progress=False,
+                  frozen_trunk=root / "out" / "runs" / "mtl" / "seed0")
     finally:
         ray.shutdown()
     return root, root / "out"
@@ -80,3 +82,18 @@ def test_a_bad_arm_is_refused_before_ray_starts(tmp_path: Path) -> None:
                          timeout=60)
     assert res.returncode == 2 and "--arm 'nope'" in res.stderr and "Traceback" not in res.stderr
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "s").exists()
+
+
+def test_the_frozen_trunk_screen_is_a_labelled_study_of_its_own(study: tuple[Path, Path]) -> None:
+    root, _ = study
+    s = json.loads((root / "screen" / "study.json").read_text())
+    assert s["screen"] is True and s["protocol"] == "frozen-trunk screen"
+    assert "frozen-trunk screen" in (root / "screen" / "study.md").read_text()
+    for arm in ("mtl", "conf"):
+        assert [x["seed"] for x in s["arms"][arm]["seeds"]] == [0, 1, 2]
+        assert all(0 <= x["leak_emo_from_spk_above_floor"] <= 1 for x in s["arms"][arm]["seeds"])
+    # different seeds train different heads on the same fixed features
+    assert len({x["emo_f1"] for x in s["arms"]["mtl"]["seeds"]}) > 1
+    assert (root / "screen" / "trunk_features.npz").is_file()
+    assert not (root / "screen" / "runs" / "mtl" / "seed0" / "checkpoints").exists()  # no Ray Train run
+

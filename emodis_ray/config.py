@@ -176,6 +176,8 @@ class EvalConfig:
 
     probe_seeds: int = 3  # probes trained per direction (and per floor), averaged
     probe_holdout: float = 0.2  # share of the train rows held out to early-stop the probes
+    # what picks a probe's epoch on the held-out rows: their cross-entropy (steady) or the probe's score
+    probe_stop: Literal["logloss", "score"] = "logloss"
     floor: Literal["shuffled", "prior"] = "shuffled"  # the floor that leakage is measured above
 
 

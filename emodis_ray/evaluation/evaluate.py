@@ -73,7 +73,8 @@ def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, se
                            method_direction=cfg.method.direction,
                            seeds=range(seed, seed + cfg.evaluation.probe_seeds), floor_kind=cfg.evaluation.floor,
                            num_emotions=cfg.model.num_emotions, n_boot=n_boot,
-                           holdout_fraction=cfg.evaluation.probe_holdout)
+                           holdout_fraction=cfg.evaluation.probe_holdout,
+                           stop_on=cfg.evaluation.probe_stop)
     say("[3/3] statistics (bootstrap intervals) ...")
     test, method = emb["test"], cfg.method.name
     ev = build_evaluation(

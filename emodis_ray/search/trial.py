@@ -145,7 +145,8 @@ def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> 
     leak = measure_leakage(emb, scored="val", method_direction=cfg.method.direction,
                            seeds=range(seed, seed + cfg.evaluation.probe_seeds), floor_kind=cfg.evaluation.floor,
                            num_speakers=int(df["speaker_idx"].max()) + 1, n_boot=0,
-                           holdout_fraction=cfg.evaluation.probe_holdout)
+                           holdout_fraction=cfg.evaluation.probe_holdout,
+                           stop_on=cfg.evaluation.probe_stop)
     e, s = leak.directions["emo_from_spk"], leak.directions["spk_from_emo"]
     return {"val_leakage": leak.headline, "probe_emo_from_spk_f1": e.probe, "probe_spk_from_emo_acc": s.probe,
             "leak_emo_from_spk": e.above_floor, "leak_spk_from_emo": s.above_floor,

@@ -118,7 +118,8 @@ def screen_run(feats: dict[str, dict[str, np.ndarray]], cfg: Config, trunk_kwarg
     leak = measure_leakage({s: emb[s] for s in ("train", "test")}, scored="test", method_direction=cfg.method.direction,
                            seeds=range(cfg.evaluation.probe_seeds), floor_kind=cfg.evaluation.floor,
                            num_emotions=cfg.model.num_emotions, num_speakers=num_speakers, n_boot=n_boot,
-                           holdout_fraction=cfg.evaluation.probe_holdout)
+                           holdout_fraction=cfg.evaluation.probe_holdout,
+                           stop_on=cfg.evaluation.probe_stop)
     te = emb["test"]
     ev = build_evaluation(run=run.name, method=cfg.method.name, spk_dim=cfg.model.spk_dim, emotion=te["emotion"],
                           speaker=te["speaker"], emo_pred=te["emo_pred"], spk_pred=te["spk_pred"], leak=leak.to_dict(),

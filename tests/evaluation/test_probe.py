@@ -122,3 +122,13 @@ def test_train_probe_rejects_bad_inputs():
     emb = make_emb(1.0, 1.0)
     with pytest.raises(KeyError, match="test"):
         measure_leakage({"train": emb["train"], "val": emb["val"]}, seeds=(0,), max_epochs=1)
+
+
+def test_train_probe_can_stop_on_the_held_out_cross_entropy():
+    emb = make_emb(0.5, 0.5)
+    tr, va = emb["train"], emb["val"]
+    p = train_probe(tr["spk_emb"], tr["emotion"], va["spk_emb"], va["emotion"], 5, seed=1, stop_on="logloss")
+    assert p.best_val == max(p.history) < 0  # minus the cross-entropy, best epoch kept
+    logits = torch.from_numpy(p.logits(va["spk_emb"]))
+    ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(va["emotion"].astype(np.int64))))
+    assert -ce == pytest.approx(p.best_val, abs=1e-5)

@@ -107,7 +107,7 @@ def stream_rows(manifest: pd.DataFrame, split: str | None, cfg: Config, log: Any
     ds = ray.data.from_arrow([rows.slice(i, step) for i in range(0, rows.num_rows, step)] or [rows])
     return ds.map_batches(
         DecodeClips, batch_format="pandas", batch_size=4, num_cpus=1,
-        concurrency=(1, decoder_count(max_decoders)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoder_count(max_decoders)),
         fn_constructor_kwargs={"features": asdict(cfg.features), "timeout_s": cfg.data.decode_timeout_s,
                                "retries": cfg.data.decode_retries, "log": log},
     )

@@ -69,7 +69,8 @@ def embed_rows(rows: ray.data.Dataset, model_path: Path, features: FeatureConfig
     from dataclasses import asdict
 
     out = rows.map_batches(
-        EmbedClips, batch_format="numpy", batch_size=batch_size, concurrency=max(1, actors),
+        EmbedClips, batch_format="numpy", batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
         num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={"model_path": str(model_path), "features": asdict(features), "use_gpu": use_gpu,
                                "trunk": trunk},

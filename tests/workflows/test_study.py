@@ -1,4 +1,5 @@
-"""`emodis study` end to end on a real local Ray cluster: two arms x two seeds trained, evaluated, compared;
+"""`emodis study` end to end on a real local Ray cluster: two arms trained, evaluated, compared, then screened
+over three seeds on the first run's frozen trunk;
 the study folder has the documented shape; a second call trains nothing; a bad arm is refused before Ray."""
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     try:
         preprocess(root / "manifest.parquet", root / "cache", cfg, progress=False)
         arms = parse_arms(["mtl", "conf"], cfg)
-        run_study(root / "manifest.parquet", root / "out", arms, [0, 1], n_boot=100, progress=False)
+        run_study(root / "manifest.parquet", root / "out", arms, [0], n_boot=100, progress=False)
         t0 = time.perf_counter()
-        run_study(root / "manifest.parquet", root / "out", arms, [0, 1], n_boot=100, progress=False)
+        run_study(root / "manifest.parquet", root / "out", arms, [0], n_boot=100, progress=False)
         (root / "again_s.txt").write_text(str(time.perf_counter() - t0))
         run_study(root / "manifest.parquet", root / "screen", arms, [0, 1, 2], n_boot=100, progress=False,
                   frozen_trunk=root / "out" / "runs" / "mtl" / "seed0")
@@ -54,22 +55,21 @@ def test_every_arm_and_seed_is_trained_evaluated_and_compared(study: tuple[Path,
     assert list(s["arms"]) == ["mtl", "conf"] and s["protocol"] == "end to end"
     for arm in ("mtl", "conf"):
         seeds = s["arms"][arm]["seeds"]
-        assert [x["seed"] for x in seeds] == [0, 1]
-        assert len({x["run"] for x in seeds}) == 2 and all(x["n_test"] == s["n_test"] > 0 for x in seeds)
+        assert [x["seed"] for x in seeds] == [0] and all(x["n_test"] == s["n_test"] > 0 for x in seeds)
         for x in seeds:
             assert 0 <= x["leak_emo_from_spk_above_floor"] <= 1 and 0 <= x["floor_shuffled_emo_from_spk_f1"] <= 1
         assert s["arms"][arm]["config"]["method"]["name"] == arm
     est, lo, hi = s["vs_first"]["conf"]["d_leak_emo_from_spk_above_floor"]
     assert lo <= hi
-    assert len(s["stuart_maxwell"]["conf"]) == 2
+    assert len(s["stuart_maxwell"]["conf"]) == 1
     assert (out / "study.md").is_file() and (out / "study.png").is_file()
-    assert (out / "runs" / "conf" / "seed1" / "model.pt").is_file()
+    assert (out / "runs" / "conf" / "seed0" / "model.pt").is_file()
 
 
 def test_a_second_call_trains_and_evaluates_nothing(study: tuple[Path, Path]) -> None:
     root, out = study
     for arm in ("mtl", "conf"):
-        for seed in (0, 1):
+        for seed in (0,):
             reports = (out / "runs" / arm / f"seed{seed}" / "reports.jsonl").read_text().splitlines()
             assert len(reports) == 2  # two epochs, each reported once: nothing was trained again
     assert float((root / "again_s.txt").read_text()) < 60

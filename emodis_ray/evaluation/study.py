@@ -242,8 +242,9 @@ def plot(study: Mapping[str, Any], path: Path) -> Path:
         ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    if study.get("screen"):
-        fig.suptitle("frozen-trunk screen", fontsize=9)
+    note = (f"points: seeds; diamonds: means; bars: 95 % interval of the difference to {names[0]} "
+            "(hierarchical bootstrap), drawn around the mean")
+    fig.suptitle(("frozen-trunk screen. " if study.get("screen") else "") + note, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

@@ -184,8 +184,9 @@ def measure_direction(direction: str, x_train: np.ndarray, y_train: np.ndarray, 
     g_train, g_scored = np.asarray(g_train), np.asarray(g_scored)
     if not seeds:
         raise ValueError("at least one probe seed is needed")
-    probe_scores, probe_losses, shuf_scores, shuf_losses = [], [], [], []
-    probe_pred, shuffled_pred = [], []
+    # per kind (the probe on the real embeddings, and on embeddings shuffled within groups): scores, log-losses,
+    # per-clip predictions, one entry per seed
+    runs: dict[bool, tuple[list[float], list[float], list[np.ndarray]]] = {False: ([], [], []), True: ([], [], [])}
     holdout_rows = 0
     for seed in seeds:
         fit, hold = holdout_split(len(y_train), holdout_fraction, seed)
@@ -199,11 +200,11 @@ def measure_direction(direction: str, x_train: np.ndarray, y_train: np.ndarray, 
                                 metric=metric, stop_on=stop_on, **probe_kwargs)
             proba = probe.predict_proba(xs)
             pred = proba.argmax(1).astype(np.int64)
-            score, loss = _score(metric, y_scored, pred, num_classes), _log_loss(proba, y_scored)
-            if shuffled:
-                shuf_scores.append(score), shuf_losses.append(loss), shuffled_pred.append(pred)
-            else:
-                probe_scores.append(score), probe_losses.append(loss), probe_pred.append(pred)
+            scores, losses, preds = runs[shuffled]
+            scores.append(_score(metric, y_scored, pred, num_classes))
+            losses.append(_log_loss(proba, y_scored))
+            preds.append(pred)
+    (probe_scores, probe_losses, probe_pred), (shuf_scores, shuf_losses, shuffled_pred) = runs[False], runs[True]
     mapping = prior_map(g_train, y_train, num_classes, metric)
     default = int(np.bincount(y_train, minlength=num_classes).argmax())
     prior_pred = apply_map(mapping, g_scored, default)

@@ -177,3 +177,17 @@ def test_stopping_on_held_out_cross_entropy_is_steadier_across_probe_seeds() -> 
         d = measure_leakage(emb, scored="test", seeds=range(5), n_boot=0, stop_on=stop).directions["emo_from_spk"]
         sd[stop] = float(np.std(d.probe_seeds, ddof=1))
     assert sd["logloss"] < sd["score"] / 2, sd
+
+
+def test_shuffled_floor_of_identity_only_embeddings_is_the_speakers_majority_by_hand() -> None:
+    """One-hot speaker embeddings: shuffling within speakers changes nothing, and a cross-entropy probe that
+    knows only the speaker predicts each speaker's most frequent training emotion."""
+    spk, emo = table_clips(TABLE)
+    x = np.eye(len(TABLE), dtype=np.float32)[spk]
+    test_spk, test_emo = table_clips([[5, 3, 1, 1, 0], [4, 1, 3, 0, 1], [6, 0, 1, 3, 0], [5, 1, 0, 1, 1]])
+    xt = np.eye(len(TABLE), dtype=np.float32)[test_spk]
+    d = measure_direction("emo_from_spk", x, emo, spk, xt, test_emo, test_spk, 5, "f1", seeds=(0, 1), n_boot=0,
+                          lr=1e-2)
+    by_hand = sk_f1(test_emo, np.asarray(TABLE).argmax(1)[test_spk])  # every speaker's majority: neutral
+    assert d.floor_shuffled == pytest.approx(by_hand) and d.probe == pytest.approx(by_hand)
+    assert d.above_floor == 0.0

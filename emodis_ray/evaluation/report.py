@@ -280,12 +280,13 @@ def write_report(out_dir: str | Path, evaluations: Sequence[EvaluationLike], tit
     md = [f"# {title}", "",
           "All figures are on the test split, in percent, with 95% bootstrap intervals over test clips. Emotion: "
           "macro-F1 over the 5 classes; identity: top-1 accuracy. Probes are one-hidden-layer MLPs trained on the "
-          "frozen embeddings (train split), early-stopped on validation. Chance is always predicting the test "
+          "frozen embeddings (train split), early-stopped on train rows held out for them, averaged over several "
+          "seeds. Chance is always predicting the test "
           "majority class. People have skewed emotion priors, so knowing only who speaks already predicts emotion "
           "above chance: leakage is measured above the identity-only floor (the same probe on embeddings shuffled "
           "among the clips of one speaker; the prior floor maps each speaker to one emotion), "
           "(probe − floor)/(1 − floor) floored at 0, lower is better; the headline is the direction the method "
-          "targets. Probes: mean of several seeds, early-stopped on held-out train rows.", "",
+          "targets. One seed per run: compare methods with `emodis study`.", "",
           "## Identity accuracy (Table 1 analog)", "", table1_markdown(evals),
           "## Emotion F1 from the emotion embedding (Fig. 3a analog)", "", f"![Fig. 3a]({fig_a.name})", "",
           "## Emotion F1 from the speaker embedding (Fig. 3b analog)", "", f"![Fig. 3b]({fig_b.name})", ""]

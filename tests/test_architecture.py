@@ -195,3 +195,10 @@ def test_checkers_find_each_violation(bad_package: Path) -> None:
     assert ray_imports(bad_package) == ["core.loop:2"]
     assert ray_session_calls(bad_package) == ["bench.x:2 ray.init"]
     assert long_modules(bad_package) == ["bench.x: 402 lines"]
+
+
+def test_test_modules_have_unique_names() -> None:
+    """Tests mirror the package in folders without __init__.py, so pytest imports each test module by its
+    file name: two test files of one name in two folders would collide at collection."""
+    names = [p.name for p in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from emodis_ray.config import Config, replace
+from emodis_ray.config import Config
 
 TRUNK_FILE = "trunk_features.npz"
 SPLITS = ("train", "val", "test")
@@ -142,16 +142,13 @@ def trunk_kwargs_of(trunk_run: Path) -> dict[str, Any]:
     return {k: kw[k] for k in ("width", "pooling", "in_channels") if k in kw}
 
 
-def screen_arms(trunk_run: Path, manifest: Path, out: Path, arms: Sequence[Any], seeds: Sequence[int],
+def screen_arms(trunk_run: Path, manifest: Path, out: Path, jobs: Sequence[tuple[str, Config, Path]],
                 n_boot: int, say: Any) -> None:
-    """Every (arm, seed) of the screen into ``out/runs/<arm>/seed<k>``."""
-    from emodis_ray.workflows.study import run_dir
-
-    base = arms[0].cfg
-    feats = trunk_features(trunk_run, manifest, base, out)
+    """Every job of the screen: ``(name, config with its seed, run folder)``."""
+    feats = trunk_features(trunk_run, manifest, jobs[0][1], out)
     trunk = trunk_kwargs_of(trunk_run)
     counts = ", ".join(f"{len(feats[s]['h'])} {s}" for s in SPLITS)
     say(f"screen: trunk features of {counts} clips from {trunk_run}")
-    for i, (arm, seed) in enumerate([(a, s) for a in arms for s in seeds], 1):
-        say(f"[{i}/{len(arms) * len(seeds)}] screen {arm.name}, seed {seed}")
-        screen_run(feats, replace(arm.cfg, train={"seed": seed}), trunk, run_dir(out, arm.name, seed), n_boot)
+    for i, (name, cfg, run) in enumerate(jobs, 1):
+        say(f"[{i}/{len(jobs)}] screen {name}, seed {cfg.train.seed}")
+        screen_run(feats, cfg, trunk, run, n_boot)

@@ -97,7 +97,8 @@ def run_study(manifest: Path, out: Path, arms: Sequence[Arm], seeds: Sequence[in
             from emodis_ray.workflows.screen import screen_arms
 
             say(f"study (frozen-trunk screen): {len(arms)} arms x {len(seeds)} seeds = {len(jobs)} runs -> {out}")
-            screen_arms(Path(frozen_trunk), manifest, out, arms, seeds, n_boot, say)
+            screen_arms(Path(frozen_trunk), manifest, out,
+                        [(a.name, replace(a.cfg, train={"seed": s}), run) for a, s, run in jobs], n_boot, say)
             jobs = []
         workers = max(a.cfg.train.workers for a in arms)
         use_gpu = any(a.cfg.train.use_gpu for a in arms)

@@ -116,7 +116,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     axes[2].set_ylim(0, 1)
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run may report none of a panel's metrics
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

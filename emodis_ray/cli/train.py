@@ -12,7 +12,6 @@ from emodis_ray.config import METHODS, ConfigError, load_config, replace
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from emodis_ray.config import replace
     from emodis_ray.runtime.session import ray_session
     from emodis_ray.train.fit import fit
 

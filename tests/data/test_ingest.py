@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from helpers.media import make_clip
 
 from emodis_ray.config import Config, load_config, replace
@@ -21,13 +20,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 GOOD = 10
 BAD = {"truncated": "unreadable", "noaudio": "no_audio", "short": "too_short", "garbage": "unreadable"}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

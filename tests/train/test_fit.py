@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 import torch
 
 from emodis_ray.config import Config, SynthConfig, load_config, replace
@@ -36,13 +35,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 EPOCHS = 3
 SYNTH = SynthConfig(people=6, clips_per_person=8, videos_per_person=4, size=64, clip_s_min=1.5, clip_s_max=2.5,
                     short_clip_fraction=0.0, heard_fraction=0.5, unheard_people=0, workers=1, seed=1)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

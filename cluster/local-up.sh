@@ -20,7 +20,8 @@
 #   EMODIS_NODE_IP          the nodes' address             (default 127.0.0.2: Ray replaces 127.0.0.1 with the
 #                                                           machine's outward address; any other loopback
 #                                                           address keeps all cluster traffic on this machine)
-#   RAY                     the ray CLI                    (default: ray on PATH)
+#   RAY                     the ray CLI                    (default: ray on PATH, else the project's .venv/bin/ray,
+#                                                           which `make demo` / `make venv` made)
 set -euo pipefail
 
 n_workers="${1:-2}"
@@ -35,6 +36,14 @@ head_cpus="${EMODIS_HEAD_CPUS:-1}"
 node_cpus="${EMODIS_NODE_CPUS:-1}"
 store_bytes=$(( ${EMODIS_OBJECT_STORE_MB:-512} * 1024 * 1024 ))
 ray_cli="${RAY:-ray}"
+if [[ -z "${RAY:-}" ]] && ! command -v ray >/dev/null; then
+    venv_ray="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/ray"
+    if [[ ! -x "$venv_ray" ]]; then
+        echo "local-up.sh: no ray on PATH and no $venv_ray; run \`make venv\` (or activate your environment)" >&2
+        exit 2
+    fi
+    ray_cli="$venv_ray"
+fi
 ip="${EMODIS_NODE_IP:-127.0.0.2}"
 
 if [[ -e "$dir/cluster.env" ]]; then
@@ -82,6 +91,7 @@ export EMODIS_GCS_ADDRESS=$ip:$port
 export EMODIS_CLIENT_PORT=$(( port + 1 ))
 export EMODIS_METRICS_PORTS="${metrics_ports% }"
 export EMODIS_LOCAL_NODES=$(( n_workers + 1 ))
+export PATH="$ray_bin:\$PATH"  # the environment that runs the cluster (ray, emodis) first
 EOF
 
 # A node that fails to start: show its log, stop what did start.

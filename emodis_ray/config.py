@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
@@ -39,120 +40,186 @@ Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
-class SynthConfig:
-    """How the synthetic EmoVox set is generated (docs/design.md §3.4)."""
+class Range:
+    """The valid range of a numeric field, declared in its annotation: ``Annotated[int, Range(ge=1)]``."""
 
-    people: int = 12
-    clips_per_person: int = 24
-    videos_per_person: int = 6  # clips share video ids, so video-level splits matter
-    seed: int = 0
-    fps: float = 25.0
-    size: int = 64  # face crop edge in pixels (224 in the real VoxCeleb2 layout)
-    sample_rate: int = 16000
-    clip_s_min: float = 2.0
-    clip_s_max: float = 4.0
-    short_clip_fraction: float = 0.1  # clips shorter than clip_s_min, to exercise padding
-    prior_skew: float = 0.8  # 0: every person shares the global prior; 1: each person has one favourite emotion
-    person_relative: float = 0.5  # 0: absolute expression; 1: expression relative to the person's own baseline
-    intensity_min: float = 0.6
-    intensity_max: float = 1.0
-    noise: float = 0.25  # pixel / audio noise level
-    teacher_noise: float = 1.0  # std of the noise added to the teacher's per-frame logits
-    heard_fraction: float = 0.34  # share of each person's videos in the "heard" set (val + test)
-    # more heard clips per person, on videos of their own: val and test only (they cost decoding, not
-    # training), so that leakage and F1 are measured on enough clips to tell methods apart
-    heard_clips_per_person: int = 0
-    unheard_people: int = 1  # extra people only in EmoVox set 2 ("unheard"), which the manifest drops
-    workers: int = 0  # 0: one Ray task per CPU; 1: no Ray at all (serial)
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def __str__(self) -> str:
+        fmt = lambda x: f"{x:g}"  # noqa: E731
+        lo = f">= {fmt(self.ge)}" if self.ge is not None else f"> {fmt(self.gt)}" if self.gt is not None else ""
+        hi = f"<= {fmt(self.le)}" if self.le is not None else f"< {fmt(self.lt)}" if self.lt is not None else ""
+        return " and ".join(x for x in (lo, hi) if x)
+
+
+# The ranges most fields need; a field with another range spells it out.
+Count = Annotated[int, Range(ge=1)]  # 1, 2, ...
+Index = Annotated[int, Range(ge=0)]  # 0, 1, ... (seeds, optional counts)
+Positive = Annotated[float, Range(gt=0)]
+NonNegative = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+
+
+class _Checked:
+    """Checks every field's declared :class:`Range` and the section's :meth:`relations` on construction, so a
+    config built any way (preset, file, override, :func:`replace`) is valid; the error names the key."""
+
+    def __post_init__(self) -> None:
+        section = _SECTIONS.get(type(self).__name__, type(self).__name__)
+        for name, tp in typing.get_type_hints(type(self), include_extras=True).items():
+            value = getattr(self, name)
+            for rng in getattr(tp, "__metadata__", ()):
+                if isinstance(rng, Range) and not (math.isfinite(value) and rng.holds(value)):
+                    kind = "an integer" if isinstance(value, int) else "a number"
+                    raise ConfigError(f"{section}.{name}: expected {kind} {rng}, got {value}")
+        for key, ok, rule in self.relations():
+            if not ok:
+                raise ConfigError(f"{section}.{key}: {rule}")
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        """Rules between fields: (key named in the error, holds, the rule in words)."""
+        return []
 
 
 @dataclass(frozen=True)
-class LabelConfig:
+class SynthConfig(_Checked):
+    """How the synthetic EmoVox set is generated (docs/design.md §3.4)."""
+
+    people: Count = 12
+    clips_per_person: Count = 24
+    videos_per_person: Count = 6  # clips share video ids, so video-level splits matter
+    seed: Index = 0
+    fps: Positive = 25.0
+    size: Annotated[int, Range(ge=16)] = 64  # face crop edge in pixels (224 in the real VoxCeleb2 layout)
+    sample_rate: Count = 16000
+    clip_s_min: Positive = 2.0
+    clip_s_max: Positive = 4.0
+    short_clip_fraction: Fraction = 0.1  # clips shorter than clip_s_min, to exercise padding
+    prior_skew: Fraction = 0.8  # 0: every person shares the global prior; 1: each person has one favourite emotion
+    person_relative: Fraction = 0.5  # 0: absolute expression; 1: expression relative to the person's own baseline
+    intensity_min: NonNegative = 0.6
+    intensity_max: NonNegative = 1.0
+    noise: NonNegative = 0.25  # pixel / audio noise level
+    teacher_noise: NonNegative = 1.0  # std of the noise added to the teacher's per-frame logits
+    # share of each person's videos in the "heard" set (val + test)
+    heard_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.34
+    # more heard clips per person, on videos of their own: val and test only (they cost decoding, not
+    # training), so that leakage and F1 are measured on enough clips to tell methods apart
+    heard_clips_per_person: Index = 0
+    unheard_people: Index = 1  # extra people only in EmoVox set 2 ("unheard"), which the manifest drops
+    workers: Index = 0  # 0: one Ray task per CPU; 1: no Ray at all (serial)
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        return [("clip_s_max", self.clip_s_max >= self.clip_s_min,
+                 f"must be >= synth.clip_s_min ({self.clip_s_min:g}), got {self.clip_s_max:g}"),
+                ("intensity_max", self.intensity_max >= self.intensity_min,
+                 f"must be >= synth.intensity_min ({self.intensity_min:g}), got {self.intensity_max:g}")]
+
+
+@dataclass(frozen=True)
+class LabelConfig(_Checked):
     """EmoVox label rules (docs/design.md §3.3)."""
 
     rule: Literal["mean_softmax", "max_logit"] = "mean_softmax"
-    drop_percentile: float = 5.0  # speakers below this percentile of clip count are dropped
-    val_fraction: float = 0.5  # share of heard *videos* that go to validation; the rest is test
-    seed: int = 0
+    # speakers below this percentile of clip count are dropped
+    drop_percentile: Annotated[float, Range(ge=0, le=100)] = 5.0
+    val_fraction: Fraction = 0.5  # share of heard *videos* that go to validation; the rest is test
+    seed: Index = 0
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(_Checked):
     """One clip -> tensors (docs/design.md §4)."""
 
-    clip_s: float = 12.0
-    segment_s: float = 1.0
-    hop_s: float = 0.5
-    sample_rate: int = 16000
-    n_mels: int = 40
-    n_fft: int = 512
-    win_length: int = 400
-    hop_length: int = 160
-    face_size: int = 224
+    clip_s: Positive = 12.0
+    segment_s: Positive = 1.0
+    hop_s: Positive = 0.5
+    sample_rate: Count = 16000
+    n_mels: Count = 40
+    n_fft: Count = 512
+    win_length: Count = 400
+    hop_length: Count = 160
+    face_size: Annotated[int, Range(ge=16)] = 224
     grey: bool = False
 
+    def relations(self) -> list[tuple[str, bool, str]]:
+        return [("hop_s", self.hop_s <= self.segment_s,
+                 f"must be <= features.segment_s ({self.segment_s:g}), got {self.hop_s:g}"),
+                ("segment_s", self.segment_s <= self.clip_s,
+                 f"must be <= features.clip_s ({self.clip_s:g}), got {self.segment_s:g}"),
+                ("win_length", self.win_length <= self.n_fft,
+                 f"must be <= features.n_fft ({self.n_fft}), got {self.win_length}")]
+
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Checked):
     """Ingest and the feature cache."""
 
-    batch_size: int = 16
+    batch_size: Count = 16
     cache_dir: str = ""  # empty: stream-decode; else a folder made by `emodis preprocess`
-    max_bad_fraction: float = 0.05
-    decode_timeout_s: float = 60.0
-    decode_retries: int = 1
-    rows_per_shard: int = 256
+    max_bad_fraction: Fraction = 0.05
+    decode_timeout_s: Positive = 60.0
+    decode_retries: Index = 1
+    rows_per_shard: Count = 256
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Checked):
     """The two-trunk multitask model (docs/design.md §5)."""
 
-    width: float = 1.0  # channel multiplier of both trunks
-    emo_dim: int = 2048
-    spk_dim: int = 256
+    width: Positive = 1.0  # channel multiplier of both trunks
+    emo_dim: Count = 2048
+    spk_dim: Count = 256
     pooling: Literal["mean", "attention"] = "mean"
-    num_emotions: int = 5
-    dropout: float = 0.0
-    aux_hidden: int = 0  # aux heads: 0 linear; N > 0 an MLP with one hidden layer of N units
+    num_emotions: Annotated[int, Range(ge=2)] = 5
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    aux_hidden: Index = 0  # aux heads: 0 linear; N > 0 an MLP with one hidden layer of N units
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(_Checked):
     """Training objective and disentanglement method (docs/design.md §6)."""
 
     name: MethodName = "mtl"
     direction: Direction = "spk2emo"
-    w_em_prim: float = 0.5
-    w_spk_prim: float = 0.5
+    w_em_prim: NonNegative = 0.5
+    w_spk_prim: NonNegative = 0.5
     # The aux terms' weights, for every method: the aux heads' own loss and the adversarial pressure of
     # GR (times lambda), ALT and CONF alike, so the methods are compared on one scale.
-    w_spk_aux: float = 0.3  # emotion predicted from the speaker embedding
-    w_em_aux: float = 0.3  # identity predicted from the emotion embedding
-    grl_lambda: float = 1.0
+    w_spk_aux: NonNegative = 0.3  # emotion predicted from the speaker embedding
+    w_em_aux: NonNegative = 0.3  # identity predicted from the emotion embedding
+    grl_lambda: NonNegative = 1.0
     grl_schedule: Literal["constant", "ramp"] = "constant"
-    adv_steps: int = 1  # ALT/CONF: aux-head steps per batch before the primary step
+    adv_steps: Count = 1  # ALT/CONF: aux-head steps per batch before the primary step
     alt_objective: Literal["ce", "entropy"] = "ce"  # ALT's adversarial term: -CE (the paper) or -entropy (label-free)
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-4
-    aux_lr: float = 1e-3
-    lr_decay: float = 0.9  # multiplicative, per epoch
-    weight_decay: float = 0.0
+class OptimConfig(_Checked):
+    lr: Positive = 1e-4
+    aux_lr: Positive = 1e-3
+    lr_decay: Annotated[float, Range(gt=0, le=1)] = 0.9  # multiplicative, per epoch
+    weight_decay: NonNegative = 0.0
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    workers: int = 1
+class TrainConfig(_Checked):
+    epochs: Count = 30
+    workers: Count = 1
     use_gpu: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
-    seed: int = 0
-    max_failures: int = 2
-    fail_at_epoch: int = -1  # fault injection: a worker dies once at the start of this epoch (-1: off)
-    precise_bn_batches: int = 8  # BatchNorm statistics recomputed after each epoch over its last N batches (0: off)
+    seed: Index = 0
+    max_failures: Index = 2
+    # fault injection: a worker dies once at the start of this epoch (-1: off)
+    fail_at_epoch: Annotated[int, Range(ge=-1)] = -1
+    precise_bn_batches: Index = 8  # BatchNorm statistics recomputed after each epoch over its last N batches (0: off)
     # model.pt is the epoch with the best value of this reported metric; "auto": val_emo_f1, or val_spk_acc
     # for stl-speaker (which has no emotion head)
     select_metric: str = "auto"
@@ -164,18 +231,14 @@ class TrainConfig:
             return self.select_metric
         return "val_spk_acc" if method == "stl-speaker" else "val_emo_f1"
 
-    def __post_init__(self) -> None:
-        if self.precise_bn_batches < 0:
-            raise ConfigError("train.precise_bn_batches: expected an integer >= 0 (0: off), "
-                              f"got {self.precise_bn_batches}")
-
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Checked):
     """Leakage probes and their identity-only floor (docs/design.md §7)."""
 
-    probe_seeds: int = 3  # probes trained per direction (and per floor), averaged
-    probe_holdout: float = 0.2  # share of the train rows held out to early-stop the probes
+    probe_seeds: Count = 3  # probes trained per direction (and per floor), averaged
+    # share of the train rows held out to early-stop the probes
+    probe_holdout: Annotated[float, Range(gt=0, lt=1)] = 0.2
     # what picks a probe's epoch on the held-out rows: their cross-entropy (steady) or the probe's score
     probe_stop: Literal["logloss", "score"] = "logloss"
     floor: Literal["shuffled", "prior"] = "shuffled"  # the floor that leakage is measured above
@@ -206,6 +269,10 @@ class Config:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+
+# section class name -> its key in Config, for error messages
+_SECTIONS: dict[str, str] = {f.type if isinstance(f.type, str) else f.type.__name__: f.name
+                             for f in dataclasses.fields(Config)}
 
 PRESETS = ("tiny", "paper")
 
@@ -241,6 +308,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

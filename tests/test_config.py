@@ -77,3 +77,65 @@ def test_hash_changes_with_the_named_section_only() -> None:
     assert a.hash("features") == b.hash("features")
     assert a.hash("model") != b.hash("model")
     assert a.hash() != b.hash()
+
+
+# --- ranges: declared once next to each field, checked however a config is built ------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.workers=0", "train.workers: expected an integer >= 1, got 0"),
+        ("train.epochs=0", "train.epochs: expected an integer >= 1, got 0"),
+        ("data.batch_size=0", "data.batch_size: expected an integer >= 1, got 0"),
+        ("data.rows_per_shard=0", "data.rows_per_shard: expected an integer >= 1, got 0"),
+        ("data.max_bad_fraction=-1", "data.max_bad_fraction: expected a number >= 0 and <= 1, got -1"),
+        ("data.decode_timeout_s=0", "data.decode_timeout_s: expected a number > 0"),
+        ("features.hop_s=0", "features.hop_s: expected a number > 0"),
+        ("features.hop_s=5", "features.hop_s: must be <= features.segment_s"),
+        ("features.segment_s=20", "features.segment_s: must be <= features.clip_s"),
+        ("features.win_length=1024", "features.win_length: must be <= features.n_fft"),
+        ("model.num_emotions=1", "model.num_emotions: expected an integer >= 2"),
+        ("model.dropout=1.0", "model.dropout: expected a number >= 0 and < 1"),
+        ("method.w_spk_aux=-0.1", "method.w_spk_aux: expected a number >= 0"),
+        ("method.adv_steps=0", "method.adv_steps: expected an integer >= 1"),
+        ("optim.lr=0", "optim.lr: expected a number > 0"),
+        ("optim.lr_decay=1.5", "optim.lr_decay: expected a number > 0 and <= 1"),
+        ("optim.lr=.nan", "optim.lr: expected a finite number"),
+        ("optim.aux_lr=.inf", "optim.aux_lr: expected a finite number"),
+        ("synth.people=0", "synth.people: expected an integer >= 1"),
+        ("synth.clip_s_min=5", "synth.clip_s_max: must be >= synth.clip_s_min"),
+        ("labels.drop_percentile=101", "labels.drop_percentile: expected a number >= 0 and <= 100"),
+        ("evaluation.probe_holdout=1", "evaluation.probe_holdout: expected a number > 0 and < 1"),
+        ("train.fail_at_epoch=-2", "train.fail_at_epoch: expected an integer >= -1"),
+    ],
+)
+def test_out_of_range_values_are_errors_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+        load_config("tiny", [override])
+
+
+def test_every_numeric_field_declares_its_range() -> None:
+    import dataclasses
+    import typing
+
+    from emodis_ray.config import Range
+
+    missing = []
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(section.default_factory, include_extras=True)  # type: ignore[arg-type]
+        for name, tp in hints.items():
+            base = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+            if base in (int, float) and not any(isinstance(m, Range) for m in getattr(tp, "__metadata__", ())):
+                missing.append(f"{section.name}.{name}")
+    assert not missing, f"numeric fields without a declared range: {missing}"
+
+
+def test_ranges_hold_for_replace_and_direct_construction_too() -> None:
+    from emodis_ray.config import DataConfig
+
+    with pytest.raises(ConfigError, match="^data.batch_size: "):
+        replace(load_config("tiny"), data={"batch_size": 0})
+    with pytest.raises(ConfigError, match="^data.rows_per_shard: "):
+        DataConfig(rows_per_shard=0)
+    assert DataConfig(rows_per_shard=1).rows_per_shard == 1  # the bound itself is valid

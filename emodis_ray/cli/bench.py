@@ -96,7 +96,7 @@ def add_bench_tune(bsub: argparse._SubParsersAction) -> None:
                     "seconds, Tune's gap between trials, and how many TPE trials reach a validation leakage within "
                     "10% of the grid's best feasible one (target: a third of the grid's size or fewer). About "
                     "15 minutes on two CPUs with the defaults.")
-    b.add_argument("--space", default="tune_spaces/gr.yaml", help="search space (default: tune_spaces/gr.yaml)")
+    b.add_argument("--space", default="gr", help="a shipped search space by name, or a file (default: gr)")
     b.add_argument("--params", default="method.grl_lambda,method.w_spk_aux",
                    help="comma-separated parameters of the space to search (default: method.grl_lambda,"
                         "method.w_spk_aux)")

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from emodis_ray.cli.common import add_address, add_config_args, elapsed
+from emodis_ray.cli.common import add_address, add_config_args, check_manifest, elapsed
 from emodis_ray.config import load_config
 
 # --- synth -------------------------------------------------------------------------------------------
@@ -111,6 +111,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     from emodis_ray.runtime.session import ray_session
 
     cfg = load_config(args.config, args.overrides)
+    check_manifest(args.manifest)
     with ray_session(args.address, num_cpus=args.num_cpus):
         info = preprocess(Path(args.manifest), Path(args.out), cfg, progress=not args.quiet)
     print(f"feature cache: {info.root}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emodis_ray.cli.common import add_address
+from emodis_ray.cli.common import add_address, check_manifest, check_run
 
 # --- evaluate / compare / report / reproduce / predict ------------------------------------------------
 
@@ -14,6 +14,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from emodis_ray.evaluation.evaluate import evaluate_run
     from emodis_ray.runtime.session import ray_session
 
+    for run in args.runs:
+        check_run(run)
+    check_manifest(args.manifest)
     with ray_session(args.address):
         for run in args.runs:
             evaluate_run(Path(run), Path(args.manifest) if args.manifest else None, n_boot=args.bootstrap,
@@ -84,6 +87,8 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from emodis_ray.evaluation.predict import predict_clips
 
+    check_run(args.run, model=True)
+    check_manifest(args.manifest)
     predict_clips(Path(args.run), Path(args.out), videos=Path(args.videos) if args.videos else None,
                   manifest=Path(args.manifest) if args.manifest else None, address=args.address)
     return 0

@@ -5,21 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emodis_ray.cli.common import add_address, add_config_args
+from emodis_ray.cli.common import add_address, add_config_args, check_cache, check_manifest
 from emodis_ray.config import METHODS, ConfigError, load_config, replace
 
 # --- train -----------------------------------------------------------------------------------------------
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from emodis_ray.runtime.session import ray_session
-    from emodis_ray.train.fit import fit
-
     sets = [f"{k}={v}" for k, v in (("method.name", args.method), ("train.workers", args.workers),
                                     ("train.epochs", args.epochs)) if v is not None]
     cfg = load_config(args.config, [*args.overrides, *sets])
     if args.cache:
         cfg = replace(cfg, data={"cache_dir": args.cache})  # a path, not parsed as YAML
+    check_manifest(args.manifest)
+    check_cache(cfg.data.cache_dir)
+
+    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.train.fit import fit
+
     out = Path(args.out)
     print(f"train {cfg.method.name} ({cfg.method.direction}) with {cfg.train.workers} worker(s), "
           f"{cfg.train.epochs} epochs -> {out}")
@@ -27,10 +30,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         res = fit(Path(args.manifest), out, cfg, progress=True, storage=args.storage)
     f = res.final
     if f:
-        print(f"final (epoch {int(f['epoch']) + 1}): val emotion macro-F1 {f.get('val_emo_f1', float('nan')):.3f}, "
-              f"identity accuracy {f.get('val_spk_acc', float('nan')):.3f}; leakage (aux heads): emotion F1 from "
-              f"the speaker embedding {f.get('val_aux_emo_f1', float('nan')):.3f}, identity accuracy from the "
-              f"emotion embedding {f.get('val_aux_spk_acc', float('nan')):.3f}")
+        pc = lambda k: 100 * f.get(k, float("nan"))  # noqa: E731
+        print(f"final (epoch {int(f['epoch']) + 1}): val emotion macro-F1 {pc('val_emo_f1'):.1f} %, identity "
+              f"accuracy {pc('val_spk_acc'):.1f} %; leakage (aux heads): emotion F1 from the speaker embedding "
+              f"{pc('val_aux_emo_f1'):.1f} %, identity accuracy from the emotion embedding "
+              f"{pc('val_aux_spk_acc'):.1f} %")
     print(f"{res.source or 'nothing trained'}; {res.elapsed_s:.0f} s; outputs in {res.out}/ "
           f"(metrics.csv, curves.png, model.pt, tensorboard/)")
     return 0
@@ -68,12 +72,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from emodis_ray.runtime.session import ray_session
-    from emodis_ray.search.driver import search
     from emodis_ray.search.space import load_space
 
     cfg = load_config(args.config, args.overrides)
     space = load_space(args.space, cfg)
+    check_manifest(args.manifest)
+
+    from emodis_ray.runtime.session import ray_session
+    from emodis_ray.search.driver import search
+
     with ray_session(args.address, num_cpus=args.num_cpus):
         res = search(space, Path(args.manifest), Path(args.out), cfg, args.trials,
                          multi_objective=args.multi_objective, resume=args.resume, floor=args.floor,
@@ -85,7 +92,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune", help="search hyperparameters for the lowest validation leakage (Ray Tune + Optuna)",
-        description="Search a space of tune_spaces/ (loss weights, learning rates, GR lambda and schedule, speaker "
+        description="Search a space (a shipped one by name: gr, alt, conf, all; or a YAML file like those in "
+                    "tune_spaces/) (loss weights, learning rates, GR lambda and schedule, speaker "
                     "embedding size, method) with Ray Tune: Optuna TPE (seeded), ASHA early stopping on the online "
                     "leakage estimate of each epoch, and at each trial's end the probe-based validation leakage "
                     "(probes trained on train, early-stopped and scored on val; test is never read). The chosen "
@@ -96,9 +104,10 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
                     "gets best.yaml (for `emodis train --config`), trials.csv, pareto.png, optuna.db, runs/<trial>/. "
                     "--resume continues an interrupted search without re-running finished trials, or adds trials "
                     "to a finished one (a larger --trials). Exit code 3: interrupted (resume it).",
-        epilog="example: emodis tune --space tune_spaces/gr.yaml --trials 12 --manifest demo/manifest.parquet "
+        epilog="example: emodis tune --space gr --trials 12 --manifest demo/manifest.parquet "
                "--set data.cache_dir=demo/cache --out runs/tune-gr")
-    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--space", required=True,
+                   help="a shipped space by name (gr, alt, conf, all) or a search-space YAML file")
     p.add_argument("--trials", type=int, required=True, help="trials in total (with --resume: the new total)")
     p.add_argument("--manifest", required=True, help="manifest.parquet")
     p.add_argument("--out", required=True, help="search folder")
@@ -124,6 +133,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     methods = tuple(args.methods.split(",")) if args.methods else GRID_METHODS
     dims = tuple(int(d) for d in args.spk_dims.split(",")) if args.spk_dims else None
+    check_manifest(args.manifest)
     reproduce(Path(args.manifest), Path(args.out), cfg, methods, dims, address=args.address)
     return 0
 
@@ -200,6 +210,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {args.seeds}")
     arms = parse_arms(args.arm, cfg)  # errors name the arm, before Ray starts
+    check_manifest(args.manifest)
+    check_cache(cfg.data.cache_dir)
     run_study(Path(args.manifest), Path(args.out), arms, list(range(args.first_seed, args.first_seed + args.seeds)),
               n_boot=args.bootstrap, max_concurrent=args.max_concurrent, address=args.address,
               frozen_trunk=Path(args.frozen_trunk) if args.frozen_trunk else None)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emodis_ray.core.checkpoint import first_nonfinite
 from emodis_ray.core.methods import Method, Optimizers, Schedulers
 from emodis_ray.core.model import unwrap
 from emodis_ray.core.scores import accuracy, macro_f1
@@ -32,7 +33,50 @@ from emodis_ray.core.scores import accuracy, macro_f1
 log = logging.getLogger(__name__)
 
 TENSOR_KEYS = ("audio", "faces", "mask", "emotion", "speaker")
+SUMS = ("loss", "l_prim", "l_aux", "l_adv", "lam")  # logged sums of the terms: named only when no term is bad
 T = TypeVar("T")
+
+
+class NonFiniteLoss(ValueError):
+    """Training produced a NaN or infinite loss (or weights). A NaN is deterministic: the run stops, with one
+    line naming the epoch and step (both counted from 1) and the loss term, never a retry or a NaN model.
+
+    A ``ValueError`` so that the command line reports it as one line (exit 2) like other bad input."""
+
+    def __init__(self, message: str, epoch: int = 0, step: int = 0, term: str = "") -> None:
+        super().__init__(message)
+        self.epoch, self.step, self.term = epoch, step, term
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Ray) with its fields
+        return type(self), (str(self), self.epoch, self.step, self.term)
+
+
+def check_finite_logs(logs: Mapping[str, float], batch: Mapping[str, Any], epoch: int, step: int) -> None:
+    """Raise :class:`NonFiniteLoss` when a logged loss term of this step is NaN or infinite: the first bad
+    term (the unweighted terms before their sums), and the clips of the batch whose input features are
+    non-finite, if any. ``epoch`` is 0-based as in the loop, ``step`` 1-based; the message counts both from 1."""
+    bad = [k for k, v in logs.items() if not np.isfinite(v)]
+    if not bad:
+        return
+    term = next((k for k in bad if k not in SUMS), bad[0])
+    raise NonFiniteLoss(f"non-finite loss: epoch {epoch + 1}, step {step}: loss term {term} is {logs[term]}; "
+                        f"{_nonfinite_inputs(batch)}", epoch + 1, step, term)
+
+
+def _nonfinite_inputs(batch: Mapping[str, Any]) -> str:
+    """Which clips of the batch carry non-finite audio or face features (computed only on error)."""
+    ok = torch.ones(len(batch["emotion"]), dtype=torch.bool, device=batch["emotion"].device)
+    for k in ("audio", "faces"):
+        x = batch[k]
+        if torch.is_floating_point(x):
+            ok &= torch.isfinite(x).flatten(1).all(dim=1)
+    rows = (~ok).nonzero().flatten().tolist()
+    if not rows:
+        return "every input feature of the batch is finite (the weights overflowed?)"
+    ids = batch.get("clip_id")
+    names = [str(ids[i]) for i in rows] if ids is not None else [f"row {i}" for i in rows]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"non-finite input features in clip(s) {', '.join(names[:3])}{more}"
 
 
 def seed_everything(seed: int) -> None:
@@ -66,7 +110,8 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], method: M
                 log_every: int = 50, steps_per_epoch: int | None = None,
                 on_step: Callable[[float, float], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``. Returns the mean of every logged term, ``clips_per_s``, ``data_wait_frac``
-    (time spent waiting for the next batch / epoch time), ``steps`` and ``clips``.
+    (time spent waiting for the next batch / epoch time), ``steps`` and ``clips``. A NaN or infinite loss
+    term raises :class:`NonFiniteLoss` at the step where it appears.
 
     Training progress p (GR's lambda ramp) is (epoch + i / steps_per_epoch) / epochs; without
     ``steps_per_epoch`` (and without ``len(loader)``) it advances once per epoch. ``on_step(step_s, wait_s)``
@@ -92,6 +137,7 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], method: M
         frac = steps / steps_per_epoch if steps_per_epoch else 0.0
         progress = (epoch + min(frac, 1.0)) / max(epochs, 1)
         logs = method.step(model, batch, optimizers, progress, autocast)  # floats: one host sync per step
+        check_finite_logs(logs, batch, epoch, steps + 1)  # already on the host: costs nothing
         for k, v in logs.items():
             sums[k] += v
         steps += 1
@@ -225,13 +271,19 @@ def run_epoch(model: nn.Module, train_batches: Iterable[Mapping[str, Any]],
     """One whole epoch: train on ``train_batches``, step the schedulers, recompute every BatchNorm's
     statistics over the epoch's last ``precise_bn_batches`` batches (kept as they pass, no extra read),
     then predict ``val_batches`` with the plain (unwrapped) model. Under DDP each rank passes its own shard
-    and gathers ``pred`` afterwards."""
+    and gathers ``pred`` afterwards. A non-finite loss term, or weights left non-finite by the epoch (never
+    saved then), raise :class:`NonFiniteLoss`."""
     last: deque[Mapping[str, Any]] = deque(maxlen=precise_bn_batches)
     logs = train_epoch(model, keep_last(train_batches, last), method, optimizers, epoch, epochs, device, autocast,
                        log_every=0, steps_per_epoch=steps_per_epoch, on_step=on_step)
     lrs = {"lr": optimizers.main.param_groups[0]["lr"], "aux_lr": optimizers.aux.param_groups[0]["lr"]}
     schedulers.step()
     recompute_bn_stats(unwrap(model), last, device, autocast)  # the running averages lag the final weights
+    bad = first_nonfinite(unwrap(model).state_dict())  # e.g. an overflow in the last step's update
+    if bad is not None:
+        steps = int(logs["steps"])
+        raise NonFiniteLoss(f"non-finite weights: epoch {epoch + 1}, step {steps}: {bad} is non-finite after "
+                            f"the epoch's updates (every loss term was finite)", epoch + 1, steps, bad)
     t0 = time.perf_counter()
     pred = predict(unwrap(model), val_batches, device, autocast)
     return EpochResult(logs=logs, lrs=lrs, pred=pred, val_s=time.perf_counter() - t0)

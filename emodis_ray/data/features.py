@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from emodis_ray.config import FeatureConfig
 
-BAD_REASONS = ("unreadable", "no_audio", "no_frames", "too_short", "nan_audio", "timeout")
+BAD_REASONS = ("unreadable", "no_audio", "no_frames", "too_short", "nan_audio", "non_finite", "truncated", "timeout")
+#: A stream whose packets end more than this before the duration its header declares is truncated.
+TRUNCATION_TOLERANCE_S = 0.1
 
 
 class BadClip(Exception):
@@ -95,7 +99,11 @@ def log_mel(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Decode the first audio stream of ``path`` to float32 mono at ``sample_rate``. Raises BadClip."""
+    """Decode the first audio stream of ``path`` to float32 mono at ``sample_rate``. Raises BadClip.
+
+    Every packet of every stream is read (demuxing costs little next to decoding), so a file cut short
+    inside its media data is reported ``truncated`` whichever stream the cut falls in.
+    """
     import av
 
     try:
@@ -108,12 +116,22 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
+        error: Exception | None = None
         try:
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
+            for packet in _demux_all(container, path):
+                if packet.stream.index != stream.index or error is not None:
+                    continue
+                try:
+                    for frame in packet.decode():
+                        chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
+                except av.error.FFmpegError as e:  # read on: a cut file is reported as truncated at the end
+                    error = e
+            if error is None:
+                chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
         except av.error.FFmpegError as e:
-            raise BadClip("unreadable", f"{path}: audio: {e}") from None
+            error = e
+        if error is not None:
+            raise BadClip("unreadable", f"{path}: audio: {error}")
     if not chunks:
         raise BadClip("no_audio", f"{path}: empty audio stream")
     return _check_finite(np.concatenate(chunks).astype(np.float32, copy=False), path)
@@ -123,6 +141,41 @@ def _check_finite(audio: np.ndarray, path: str | Path) -> np.ndarray:
     if not np.isfinite(audio).all():
         raise BadClip("nan_audio", f"{path}: {int((~np.isfinite(audio)).sum())} non-finite samples")
     return audio
+
+
+def check_complete(path: str | Path) -> None:
+    """Raise ``BadClip("truncated")`` if a stream of ``path`` ends before its declared duration (no decoding)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            for _ in _demux_all(container, path):
+                pass
+    except (av.error.FFmpegError, OSError) as e:
+        raise BadClip("unreadable", f"{path}: {e}") from None
+
+
+def _demux_all(container: Any, path: str | Path) -> Iterator[Any]:
+    """Every packet of ``container``; at the end, ``BadClip("truncated")`` if an audio or video stream's
+    packets stop short of the duration the header declares. A file whose index sits at the front
+    (``faststart``) and whose media data was cut still opens, and its decoders just stop early: without
+    this check it would pass as a shorter clip."""
+    ends: dict[int, int] = {}
+    for packet in container.demux():
+        if packet.pts is not None:
+            end = packet.pts + (packet.duration or 0)
+            ends[packet.stream.index] = max(ends.get(packet.stream.index, end), end)
+        yield packet
+    for s in container.streams:
+        if s.type not in ("audio", "video") or not s.duration or s.time_base is None:
+            continue  # nothing declared to compare with
+        start = s.start_time or 0
+        declared = float((start + s.duration) * s.time_base)
+        got = float(ends.get(s.index, start) * s.time_base)
+        frame_s = float(1 / s.average_rate) if s.type == "video" and s.average_rate else 0.0  # if no durations
+        if got < declared - TRUNCATION_TOLERANCE_S - frame_s:
+            raise BadClip("truncated", f"{path}: the {s.type} stream's data ends at {got:.2f} s, its header "
+                                       f"declares {declared:.2f} s")
 
 
 def extract_segments(video_path: str | Path, audio_path: str | Path | None,
@@ -146,8 +199,11 @@ def extract_segments(video_path: str | Path, audio_path: str | Path | None,
     if n_frames == 0 or not fps > 0:
         raise BadClip("no_frames", str(video_path))
 
-    # 2. Audio: the mp4's own track, or a separate wav/m4a.
+    # 2. Audio: the mp4's own track, or a separate wav/m4a. Reading it checks that file is complete; a
+    #    video whose audio lies beside it is checked on its own (decord counts only the frames present).
     audio = load_audio(audio_path or video_path, cfg.sample_rate)
+    if audio_path:
+        check_complete(video_path)
     duration = min(n_frames / fps, len(audio) / cfg.sample_rate)
     n_seg = num_segments(cfg, duration)
     if n_seg == 0:
@@ -155,6 +211,10 @@ def extract_segments(video_path: str | Path, audio_path: str | Path | None,
 
     # 3. Log-mel over the clip, normalised per utterance, then sliced per segment.
     mel = log_mel(audio[:round(duration * cfg.sample_rate)], cfg)  # [M, F]
+    if not np.isfinite(mel).all():  # finite samples can still overflow the mel power (float PCM at 1e20)
+        raise BadClip("non_finite", f"{video_path}: {int((~np.isfinite(mel)).sum())} of {mel.size} log-mel values "
+                                    f"are not finite (audio from {audio_path or video_path}, peak "
+                                    f"{float(np.abs(audio).max()):.3g})")
     hop_frames = round(cfg.hop_s * cfg.sample_rate / cfg.hop_length)
     mel_out = np.zeros((n_seg, 1, cfg.n_mels, t_seg), np.float32)  # [S, 1, M, T]
     for i in range(n_seg):
@@ -179,7 +239,7 @@ def extract_segments(video_path: str | Path, audio_path: str | Path | None,
         faces = np.clip(np.round(luma), 0, 255).astype(np.uint8)[:, None]  # [S, 1, D, D]
     else:
         faces = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # [S, 3, D, D]
-    assert faces.shape[1:] == (c, d, d)
+    assert faces.shape[1:] == (c, d, d)  # uint8 from decoding to here: a face cannot be non-finite
     return ClipSegments(mel_out, faces, idx, duration)
 
 

@@ -40,8 +40,9 @@ from emodis_ray.runtime.telemetry import record_ingest
 ROW_COLUMNS = ["clip_id", "split", "emotion_idx", "speaker_idx", "video_abspath", "audio_abspath"]
 
 
-class TooManyBadClips(RuntimeError):
-    """More clips failed to decode than ``data.max_bad_fraction`` allows."""
+class TooManyBadClips(ValueError):
+    """More clips failed to decode than ``data.max_bad_fraction`` allows: bad input, so a ``ValueError`` (the
+    command line prints it as one line, exit 2). The message is one line naming the ``bad_clips.csv`` written."""
 
 
 @ray.remote(num_cpus=0)
@@ -149,6 +150,8 @@ def write_bad_clips(path: Path, bad: list[dict[str, str]]) -> None:
 
 
 def check_bad_fraction(bad: int, total: int, max_fraction: float, where: Path) -> None:
+    """Raise :class:`TooManyBadClips` when ``bad`` of ``total`` clips is more than ``max_fraction``; ``where``
+    is the ``bad_clips.csv`` already written, which lists each clip and its reason."""
     if total and bad / total > max_fraction:
         raise TooManyBadClips(f"{bad} of {total} clips ({bad / total:.1%}) could not be decoded, more than "
                               f"data.max_bad_fraction = {max_fraction:.1%}; see {where} for each clip and reason")

@@ -29,12 +29,25 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def clip_probs(frame_logits: np.ndarray) -> np.ndarray:
-    """[F, 8] per-frame logits -> [8] mean of per-frame softmax."""
+def check_logits(frame_logits: np.ndarray) -> np.ndarray:
+    """``frame_logits`` as float64 [F, 8], F >= 1, every value finite; else ValueError saying what is wrong.
+
+    A NaN row would otherwise vanish in the argmax (all-NaN logits came out as ``neutral``)."""
     logits = np.asarray(frame_logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[1] != len(FERPLUS_CLASSES) or logits.shape[0] == 0:
         raise ValueError(f"expected [frames, 8] logits with at least one frame, got shape {logits.shape}")
-    return softmax(logits, axis=1).mean(axis=0)
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"{int(bad.sum())} of {logits.size} logits are not finite (NaN or inf), in frame"
+                         f"{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:5]))}"
+                         f"{f' and {len(rows) - 5} more' if len(rows) > 5 else ''}")
+    return logits
+
+
+def clip_probs(frame_logits: np.ndarray) -> np.ndarray:
+    """[F, 8] per-frame logits -> [8] mean of per-frame softmax."""
+    return softmax(check_logits(frame_logits), axis=1).mean(axis=0)
 
 
 def dominant_emotion8(frame_logits: np.ndarray, rule: Rule = "mean_softmax") -> str:
@@ -43,12 +56,10 @@ def dominant_emotion8(frame_logits: np.ndarray, rule: Rule = "mean_softmax") -> 
     ``mean_softmax``: softmax each frame, average over frames, argmax (the default).
     ``max_logit``: max over time of each class's raw logit, argmax (the authors' alternative).
     """
-    logits = np.asarray(frame_logits, dtype=np.float64)
+    logits = check_logits(frame_logits)
     if rule == "mean_softmax":
         return FERPLUS_CLASSES[int(np.argmax(clip_probs(logits)))]
     if rule == "max_logit":
-        if logits.ndim != 2 or logits.shape[1] != len(FERPLUS_CLASSES) or logits.shape[0] == 0:
-            raise ValueError(f"expected [frames, 8] logits with at least one frame, got shape {logits.shape}")
         return FERPLUS_CLASSES[int(np.argmax(logits.max(axis=0)))]
     raise ValueError(f"unknown label rule {rule!r} (mean_softmax or max_logit)")
 

@@ -208,6 +208,15 @@ def validate(df: pd.DataFrame, base: Path | None = None, check_files: bool = Fal
     if bad.any():
         vids = sorted(set(df["video_id"][bad]))
         problems.append(f"video_id in two splits {vids[:_SHOW]}: {_rows(df, bad)}")
+    for col in ("duration_s", "fps"):  # null when unknown; a value must be a positive, finite number
+        v = df[col].map(lambda x: np.nan if _is_missing(x) else float(x)).to_numpy(dtype=np.float64)
+        bad = np.isinf(v) | (v <= 0)
+        if bad.any():
+            problems.append(f"{col} must be a positive number or null (got {sorted(set(v[bad]))[:_SHOW]}): "
+                            f"{_rows(df, bad)}")
+    bad = [not _is_missing(x) and not np.isfinite(np.asarray(x, dtype=np.float64)).all() for x in df["emotion_probs"]]
+    if any(bad):
+        problems.append(f"emotion_probs has NaN or infinite values: {_rows(df, bad)}")
     if check_files:
         for col in ("video_path", "audio_path"):
             paths = [_resolve(r, p, base) for r, p in zip(df["root"], df[col], strict=True)]

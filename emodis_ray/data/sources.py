@@ -20,6 +20,7 @@ from emodis_ray.config import LabelConfig
 from emodis_ray.data.labels import (
     EMOTION_INDEX,
     FERPLUS_CLASSES,
+    check_logits,
     clip_probs,
     dominant_emotion8,
     merge_to_5,
@@ -134,8 +135,9 @@ def load_emovox_mat(mat: Path, **loadmat_kwargs: Any) -> tuple[list[np.ndarray],
     mat = Path(mat)
     try:
         d = loadmat(mat, **loadmat_kwargs)
-    except (OSError, ValueError, NotImplementedError) as e:
-        raise ManifestError(f"{mat}: cannot read the EmoVox .mat file: {e}") from e
+    except Exception as e:  # scipy raises MatReadError, ValueError, TypeError, ... for a file that is no .mat
+        raise ManifestError(f"{mat}: cannot read the EmoVox .mat file (not a .mat file scipy can read): "
+                            f"{type(e).__name__}: {e}") from None
     return parse_emovox_mat(d, mat)
 
 
@@ -148,7 +150,12 @@ def parse_emovox_mat(d: dict[str, Any], mat: Path) -> tuple[list[np.ndarray], li
         raw_names, raw_sets = _cells(_field(d["images"], "name")), _cells(_field(d["images"], "set"))
     except (KeyError, ValueError, IndexError, AttributeError) as e:
         raise ManifestError(f"{mat}: images has no field {e} (expected images.name and images.set)") from None
-    logits = _logits(d["wavLogits"])
+    try:
+        logits = _logits(d["wavLogits"])
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{mat}: wavLogits is not a cell array of numeric [frames, 8] matrices ({e})") from None
+    if not logits or not raw_names:
+        raise ManifestError(f"{mat}: no entries (wavLogits has {len(logits)}, images.name {len(raw_names)})")
     if not (len(logits) == len(raw_names) == len(raw_sets)):
         raise ManifestError(f"{mat}: wavLogits has {len(logits)} entries but images.name has "
                             f"{len(raw_names)} and images.set {len(raw_sets)}")
@@ -161,9 +168,10 @@ def parse_emovox_mat(d: dict[str, Any], mat: Path) -> tuple[list[np.ndarray], li
             raise ManifestError(f"{mat}: entry {i}: unreadable name or set ({e})") from None
         if sets[-1] not in EMOVOX_SETS:
             raise ManifestError(f"{mat}: entry {i} ({names[-1]}): set {sets[-1]} is not 1, 2 or 3")
-        if logits[i].ndim != 2 or logits[i].shape[0] == 0:
-            raise ManifestError(f"{mat}: entry {i} ({names[-1]}): wavLogits is {logits[i].shape}, "
-                                f"expected [frames, {len(FERPLUS_CLASSES)}]")
+        try:
+            check_logits(logits[i])
+        except ValueError as e:
+            raise ManifestError(f"{mat}: entry {i} ({names[-1]}): wavLogits: {e}") from None
     return logits, names, sets
 
 
@@ -177,7 +185,7 @@ def _probe(path: str) -> tuple[float | None, float | None]:
         del vr
     except (RuntimeError, decord.DECORDError):  # missing or broken file
         return None, None
-    if fps <= 0:
+    if not (np.isfinite(fps) and fps > 0 and n > 0):  # no frames or no rate: nothing to record
         return None, None
     return n / fps, fps
 
@@ -310,6 +318,8 @@ def table_manifest(path: Path) -> tuple[pd.DataFrame, BuildReport]:
     if missing:
         raise ManifestError(f"{path}: missing required columns {', '.join(missing)} "
                             f"(need {', '.join(_REQUIRED)})")
+    if df.empty:
+        raise ManifestError(f"{path}: no clips: the table has its header but no rows")
     folder = os.path.abspath(path.parent)
     for c in _REQUIRED:
         df[c] = [x.strip() if isinstance(x, str) else x for x in df[c]]

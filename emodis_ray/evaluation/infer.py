@@ -84,13 +84,29 @@ def embed_rows(rows: ray.data.Dataset, model_path: Path, features: FeatureConfig
     return {k: v[order] for k, v in cols.items()}
 
 
-def predictions_frame(cols: dict[str, np.ndarray], embeddings: bool = True) -> pd.DataFrame:
+def predictions_frame(cols: dict[str, np.ndarray],
+                      embeddings: bool = True) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Columns of :func:`embed_rows` as a table: emotion names, one probability column per class, and
-    the embeddings as list columns."""
-    df = pd.DataFrame({"clip_id": cols["clip_id"].astype(str), "emotion_pred": [EMOTIONS[i] for i in cols["emo_pred"]]})
-    for j, name in enumerate(EMOTIONS):
-        df[f"p_{name}"] = cols["emo_prob"][:, j].astype(np.float32)
+    the embeddings as list columns; and the clips left out because their probabilities (or, with
+    ``embeddings``, their embeddings) are not finite, as bad-clip records with reason ``non_finite``
+    (a NaN row's argmax would otherwise be reported as ``neutral``)."""
+    ids = cols["clip_id"].astype(str)
+    n = len(ids)
+    checked = {"emotion probabilities": cols["emo_prob"]}
     if embeddings:
-        df["emo_emb"] = list(cols["emo_emb"].astype(np.float32))
-        df["spk_emb"] = list(cols["spk_emb"].astype(np.float32))
-    return df
+        checked |= {"emotion embedding": cols["emo_emb"], "speaker embedding": cols["spk_emb"]}
+    finite = {k: np.isfinite(np.asarray(v, np.float64).reshape(n, -1)).all(axis=1) if n else np.ones(0, bool)
+              for k, v in checked.items()}
+    keep = np.logical_and.reduce(list(finite.values())) if n else np.ones(0, bool)
+    bad = [{"clip_id": ids[i], "reason": "non_finite",
+            "detail": f"{ids[i]}: the model's {' and '.join(k for k, ok in finite.items() if not ok[i])} "
+                      f"for this clip contain NaN or infinite values"} for i in np.flatnonzero(~keep)]
+    prob = np.asarray(cols["emo_prob"], np.float32).reshape(n, len(EMOTIONS))[keep]
+    df = pd.DataFrame({"clip_id": ids[keep],
+                       "emotion_pred": [EMOTIONS[i] for i in np.asarray(cols["emo_pred"])[keep]]})
+    for j, name in enumerate(EMOTIONS):
+        df[f"p_{name}"] = prob[:, j]
+    if embeddings:
+        df["emo_emb"] = [np.asarray(e, np.float32) for e in np.asarray(cols["emo_emb"])[keep]]
+        df["spk_emb"] = [np.asarray(e, np.float32) for e in np.asarray(cols["spk_emb"])[keep]]
+    return df, bad

@@ -107,18 +107,20 @@ def _bars(ax: Any, evals: Sequence[Evaluation], attr: str, methods: Sequence[str
                 pos.append(x[j] - 0.4 + width * (i + 0.5))
         if not ests:
             continue
-        ax.bar(pos, [e.value for e in ests], width * 0.9, yerr=_yerr(ests), capsize=3, label=_label(m),
-               color=METHOD_COLORS.get(m, f"C{5 + i % 2}"))
+        err = _yerr(ests)
+        ax.bar(pos, [100 * e.value for e in ests], width * 0.9, yerr=None if err is None else 100 * err, capsize=3,
+               label=_label(m), color=METHOD_COLORS.get(m, f"C{5 + i % 2}"))
     ax.set_xticks(x, [str(d) for d in dims])
     ax.set_xlabel("Speaker embedding size (d_spk)")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 105)  # percent, as in the tables
     ax.grid(axis="y", alpha=0.3)
 
 
 def _hline(ax: Any, value: float, band: tuple[float, float] | None, label: str, style: str) -> None:
-    ax.axhline(value, color="k", linestyle=style, linewidth=1.2, label=label)
+    """A reference line at ``value`` (a fraction, drawn in percent) with an optional interval band."""
+    ax.axhline(100 * value, color="k", linestyle=style, linewidth=1.2, label=label)
     if band is not None:
-        ax.axhspan(band[0], band[1], color="k", alpha=0.08)
+        ax.axhspan(100 * band[0], 100 * band[1], color="k", alpha=0.08)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -140,7 +142,7 @@ def plot_fig3a(results: Sequence[EvaluationLike], path: str | Path) -> Path:
     if stl:
         band = (stl[0].lo, stl[0].hi) if len(stl) == 1 and stl[0].lo is not None else None
         _hline(ax, float(np.mean([s.value for s in stl])), band, "STL (emotion only)", "--")  # type: ignore[arg-type]
-    ax.set_ylabel("Emotion macro-F1 (test)")
+    ax.set_ylabel("Emotion macro-F1 (test, %)")
     ax.set_title("Emotion recognition from the emotion embedding")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
@@ -163,7 +165,7 @@ def plot_fig3b(results: Sequence[EvaluationLike], path: str | Path) -> Path:
         vals = [v for v in vals if v is not None and math.isfinite(v)]
         if vals:
             _hline(ax, float(np.mean(vals)), None, f"Identity-only floor ({kind.split('_')[1]})", style)
-    ax.set_ylabel("Emotion macro-F1 from the speaker embedding (test)")
+    ax.set_ylabel("Emotion macro-F1 from the speaker embedding (test, %)")
     ax.set_title("Emotion leakage into the speaker embedding (lower is better)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
@@ -207,7 +209,16 @@ def significance_markdown(comparisons: Sequence[Comparison], alpha: float = ALPH
         d_f1, d_acc = (c.diffs[k].fmt() if k in c.diffs else "—" for k in ("emo_f1", "spk_acc"))
         lines.append(f"| {_md(_label(c.method_a))} | {c.spk_dim_a} | {_md(c.run_b)} | {stat} | {sm.df} | {p} | "
                      f"{verdict} | {d_f1} | {d_acc} |")
+    if any(c.stuart_maxwell.singular for c in comparisons):
+        lines += ["", SINGULAR_NOTE]
     return "\n".join(lines) + "\n"
+
+
+SINGULAR_NOTE = ("*Singular table*: the Stuart–Maxwell test compares how often each model predicts each emotion, "
+                 "using the covariance of the clips on which the two models disagree. When they disagree too "
+                 "little (e.g. they agree on every clip, or every disagreement moves between the same two "
+                 "classes), that covariance cannot be inverted and the test is undefined: the table reports "
+                 "no p-value rather than a made-up one. Read the paired differences beside it instead.")
 
 
 def _direction(e: Evaluation, name: str) -> dict[str, Any]:

@@ -62,6 +62,32 @@ def resolve_address(address: str | None) -> str:
     return addr.rstrip("/")
 
 
+GCS_PORTS = {6379: "the GCS port of `ray start --head`", 10001: "the Ray Client port"}
+
+
+def check_dashboard(address: str) -> None:
+    """A one-line error, within seconds, when ``address`` is not a dashboard that answers: a GCS or Ray
+    Client address (what ``ray.init`` takes) instead of the dashboard URL, or nothing listening."""
+    from urllib.parse import urlsplit
+
+    from emodis_ray.runtime.session import ClusterUnreachable, check_reachable
+
+    url = urlsplit(address)
+    if url.scheme not in ("http", "https"):
+        raise SubmitError(f"{address}: emodis submit talks to the dashboard; give its URL, e.g. "
+                          f"http://{url.hostname or '127.0.0.1'}:8265")
+    if url.port in GCS_PORTS:
+        raise SubmitError(f"{address} is {GCS_PORTS[url.port]}, not the dashboard; emodis submit needs the "
+                          f"dashboard URL, e.g. http://{url.hostname}:8265")
+    try:
+        check_reachable(f"{url.hostname}:{url.port or (443 if url.scheme == 'https' else 80)}",
+                        what="the Ray dashboard", shown=address,
+                        hint="is the cluster up, and is --address / RAY_ADDRESS its dashboard URL (port 8265 by "
+                             "default)?")
+    except ClusterUnreachable as e:
+        raise SubmitError(str(e)) from None
+
+
 @dataclass(frozen=True)
 class Token:
     value: str
@@ -110,6 +136,7 @@ class Jobs:
         for name, level in QUIET_LOGGERS.items():
             logging.getLogger(name).setLevel(level)
         self.address = resolve_address(address)
+        check_dashboard(self.address)
         self.token = read_token()
         headers = {"Authorization": f"Bearer {self.token.value}"} if self.token else {}
         self.client = self._call(JobSubmissionClient, self.address, headers=headers)

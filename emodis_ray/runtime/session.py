@@ -12,20 +12,137 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
+
+CONNECT_TIMEOUT_S = 30.0  # a cluster named by address that does not answer within this is an error
+
+
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster answers at the address the user gave; the message says which and what to do."""
+
+
+def verbose() -> bool:
+    """``EMODIS_VERBOSE=1`` (or ``emodis --verbose``): Ray's own INFO lines, progress bars and the workers'
+    output on the console, as Ray prints them by default."""
+    return os.environ.get("EMODIS_VERBOSE", "") not in ("", "0")
+
+
+def quiet_ray() -> None:
+    """Keep Ray's INFO lines and progress bars off the console (they stay in the session's log files and the
+    dashboard): the project prints its own steps, one line per epoch and its own progress bars."""
+    if verbose():
+        return
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # inherited by a local cluster's workers
+    from ray.data import DataContext
+    from ray.util.debug import log_once
+
+    ctx = DataContext.get_current()  # sent along with every dataset, so remote clusters obey it too
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    log_once("ray_data_progress_manager_disabled")  # spent here: Ray Data would say "Progress bars disabled"
+    for handler in logging.getLogger("ray.data").handlers:  # console only: ray-data.log keeps everything
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    # "token authentication is enabled" is news to no one on a cluster this program starts (the warning for a
+    # cluster *without* it stays)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_auth_enabled)
+
+
+def _not_auth_enabled(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` of a GCS or Ray Client address (``ray://host:port``); None for ``auto`` / ``local``."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float | None = None, what: str = "a Ray cluster",
+                    hint: str = "start one (`ray start --head`) or unset RAY_ADDRESS to run on a local one",
+                    shown: str | None = None) -> None:
+    """Fail at once when nothing listens at ``address`` (connection refused), and within ``timeout_s`` (default
+    :data:`CONNECT_TIMEOUT_S`, or ``EMODIS_CONNECT_TIMEOUT_S``) when it does not answer, instead of Ray's
+    endless reconnect loop (docs/design.md §9). ``shown``: the address as the user gave it, for the message."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    timeout_s = timeout_s or float(os.environ.get("EMODIS_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(hp, timeout=max(0.5, min(5.0, deadline - time.monotonic()))):
+                return
+        except ConnectionRefusedError:
+            why = "connection refused: nothing listens there"
+            break
+        except OSError as e:  # a timeout, an unreachable network, a name that does not resolve
+            why = f"{e.strerror or type(e).__name__}, tried for {timeout_s:.0f} s"
+            if isinstance(e, socket.gaierror) or time.monotonic() + 1.0 >= deadline:
+                break
+        time.sleep(1.0)
+    raise ClusterUnreachable(f"cannot reach {what} at {shown or address} ({why}); {hint}")
+
+
+@contextlib.contextmanager
+def _connect_watchdog(address: str, timeout_s: float) -> Iterator[None]:
+    """While ``ray.init`` connects to ``address``: exit with a one-line error after ``timeout_s``, and honour
+    SIGINT/SIGTERM, whose Python handlers never run while Ray's connect loop (C++) holds the main thread. The
+    handlers' wake-up bytes (``signal.set_wakeup_fd``) reach a thread that does exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    old_fd = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(0.2):
+            with contextlib.suppress(BlockingIOError):
+                for signo in r.recv(64):
+                    if signo in (signal.SIGINT, signal.SIGTERM):
+                        print("interrupted while connecting to Ray", file=sys.stderr, flush=True)
+                        os._exit(128 + signo)
+            if time.monotonic() > deadline:
+                print(f"error: the Ray cluster at {address} did not answer within {timeout_s:.0f} s; is it a "
+                      "Ray cluster (GCS) address, e.g. HOST:6379?", file=sys.stderr, flush=True)
+                os._exit(2)
+
+    t = threading.Thread(target=watch, name="emodis-connect-watchdog", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+        signal.set_wakeup_fd(old_fd)
+        r.close()
+        w.close()
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None,
-                dashboard: bool | None = None, log_to_driver: bool = True) -> Iterator[None]:
+                dashboard: bool | None = None, log_to_driver: bool | None = None) -> Iterator[None]:
     """Use the running Ray, or connect to ``address``/``RAY_ADDRESS``, or start a local cluster.
 
     A local cluster gets the dashboard on 127.0.0.1 (its URL is printed) unless ``dashboard`` is False or
     ``EMODIS_DASHBOARD=0``. Besides letting you watch the run, the dashboard serves the State API, which Ray
     Train's placement-group cleaner polls: without it every Train run's cleaner logs a warning every few
     seconds, and the cleaners of runs that Tune stops early never exit. Only a cluster started here is shut
-    down on exit. ``log_to_driver=False`` keeps the workers' output off this console (benchmarks).
+    down on exit. The workers' output reaches this console only with ``log_to_driver`` (default:
+    :func:`verbose`); it is always in the dashboard and the session's log files. A cluster named by address
+    that does not answer is a :class:`ClusterUnreachable` error within :data:`CONNECT_TIMEOUT_S`.
     """
     import ray
 
@@ -33,10 +150,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet_ray()
+    if log_to_driver is None:
+        log_to_driver = verbose()
     kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
     if address:
         use_token_if_available()
-        ray.init(address=address, **kwargs)
+        check_reachable(address)
+        timeout = float(os.environ.get("EMODIS_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+        with _connect_watchdog(address, timeout):
+            ray.init(address=address, **kwargs)
     else:
         if dashboard is None:
             dashboard = os.environ.get("EMODIS_DASHBOARD", "1") != "0"

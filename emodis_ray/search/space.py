@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +171,31 @@ def _param(where: str, key: str, spec: Any) -> Param:
     return Param(key, dist, low, high)
 
 
+def shipped_spaces() -> dict[str, Path]:
+    """The spaces that ship with the package (``tune_spaces/*.yaml``, installed as ``emodis_ray/spaces``), by
+    name."""
+    folder = Path(str(resources.files("emodis_ray").joinpath("spaces")))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_space(name_or_path: str | Path) -> Path:
+    """A space file: a path that exists, else a shipped space by name (``gr``, ``conf``, ``alt``, ``all``),
+    so ``--space gr`` works from an installed wheel as well as from a checkout."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_spaces()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise SpaceError(f"search space {name_or_path}: neither a file nor a shipped space "
+                     f"({', '.join(shipped) or 'none installed'})")
+
+
 def load_space(path: str | Path, cfg: Config | None = None) -> Space:
-    """Read and validate a search-space file. Unknown keys (in the file or not in :class:`Config`), values of
-    the wrong type, impossible bounds and unknown distributions raise :class:`SpaceError` naming file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"search space {path}: no such file")
+    """Read and validate a search space: a file, or a shipped space by name (:func:`resolve_space`). Unknown
+    keys (in the file or not in :class:`Config`), values of the wrong type, impossible bounds and unknown
+    distributions raise :class:`SpaceError` naming file and key."""
+    path = resolve_space(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

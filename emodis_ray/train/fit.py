@@ -5,6 +5,11 @@
 Calling :func:`fit` again on the same ``OUT`` resumes: Ray Train V2 finds its checkpoint snapshot under
 the same ``storage_path``/``name`` and ``ray.train.get_checkpoint()`` returns the latest checkpoint.
 
+Nothing silently wrong: a NaN loss raises :class:`~emodis_ray.core.loop.NonFiniteLoss` in the worker and the
+driver re-raises it as is, without Ray Train's retries (a NaN is deterministic); a latest checkpoint that is
+unreadable or non-finite is skipped with a warning for the newest intact one (:func:`resume_fallback`); no
+``model.pt`` is exported from non-finite weights.
+
 Sharding: train rows are cut by ``streaming_split(equal=True)`` (DDP needs the same number of steps on
 every worker; up to ``workers - 1`` rows of an epoch are left out to make the shards equal), validation
 rows by ``streaming_split(equal=False)`` (every row exactly once; predictions are gathered to all ranks).
@@ -15,7 +20,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +35,8 @@ import ray.train
 from ray.data import ExecutionOptions
 
 from emodis_ray.config import Config
-from emodis_ray.core.checkpoint import CHECKPOINT_FILE, MODEL_FILE, export_model
+from emodis_ray.core.checkpoint import CHECKPOINT_FILE, MODEL_FILE, BadCheckpoint, export_model, read_state
+from emodis_ray.core.loop import NonFiniteLoss
 from emodis_ray.core.scores import prior_cross_entropy
 from emodis_ray.runtime.session import cluster_cpus, ray_session, train_worker_cpus
 from emodis_ray.train.run_dir import (
@@ -71,6 +79,62 @@ class _ReportLog(ray.train.UserCallback):
         row = {**metrics[0], "wall_time": time.time()}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+FATAL = (NonFiniteLoss, BadCheckpoint)  # deterministic: a retry would fail the same way
+CHECKPOINT_DIR = re.compile(r"epoch_(\d+)(-[\w.-]+)?")  # the worker's folder names (untagged runs)
+
+
+class _StopOnFatal(ray.train.UserCallback):
+    """Runs on the Train controller: a worker error that a retry cannot cure (:data:`FATAL`) is raised here,
+    before Ray Train's failure policy sees it. A callback's error ends the run at once (a ``ControllerError``
+    is not retried), so ``FailureConfig.max_failures`` is left to real failures (a dead worker or node)."""
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        for e in worker_exceptions.values():
+            if isinstance(e, FATAL):
+                raise e
+
+
+def fatal_cause(error: BaseException) -> BaseException | None:
+    """The :data:`FATAL` error a Ray Train failure wraps (a ``ControllerError`` raised by :class:`_StopOnFatal`,
+    a ``WorkerGroupError`` from a worker, any ``__cause__``), or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, FATAL):
+            return e
+        todo += [getattr(e, "controller_failure", None), *getattr(e, "worker_failures", {}).values(),
+                 getattr(e, "_base_exc", None), e.__cause__]
+    return None
+
+
+def resume_fallback(run_storage: Path) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint file of a run's Ray Train storage folder (``epoch_NNNN[-suffix]/``, newest
+    by epoch, then by time), and one warning per newer checkpoint skipped as unreadable or non-finite. None
+    when the folder holds no checkpoint; :class:`BadCheckpoint` when it holds only bad ones."""
+    found = []
+    for d in run_storage.iterdir() if run_storage.is_dir() else ():
+        m = CHECKPOINT_DIR.fullmatch(d.name)
+        if m and d.is_dir():
+            f = d / CHECKPOINT_FILE
+            found.append((int(m.group(1)), f.stat().st_mtime if f.exists() else 0.0, f))
+    warnings: list[str] = []
+    for _, _, f in sorted(found, reverse=True):
+        try:
+            read_state(f)
+        except BadCheckpoint as e:
+            warnings.append(str(e))
+            continue
+        return f, [f"{w}; resuming from {f} instead" for w in warnings]
+    if warnings:
+        raise BadCheckpoint(f"no intact checkpoint to resume from in {run_storage}: {'; '.join(warnings)}; "
+                            f"delete {run_storage} to start the run over")
+    return None, []
 
 
 class _Sharding(ray.train.DataConfig):
@@ -209,12 +273,20 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         storage_path = str(out / "checkpoints")
     world = cfg.train.workers
     select = cfg.train.selection(cfg.method.name)
+    # Resuming: the checkpoint to fall back to when Ray Train's latest is unreadable or non-finite (a path
+    # on this machine: none for object-store storage, where a bad latest checkpoint is an error).
+    fallback = None
+    if "://" not in storage_path:
+        fallback, skipped = resume_fallback(Path(storage_path) / name)
+        for w in skipped:
+            print(f"warning: {w}", file=sys.stderr, flush=True)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "cfg": cfg.to_dict(), "num_speakers": num_speakers,
             "steps_per_epoch": max(1, math.ceil(n_train // world / cfg.data.batch_size)),
             "fault_marker": str(out / "fault_injected"), "run": name, "prior_ce": prior_ce,
+            "fallback": str(fallback) if fallback else None, "attempt": time.strftime("r%Y%m%d-%H%M%S"),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=world, use_gpu=cfg.train.use_gpu,
@@ -225,7 +297,7 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
             # the best epoch by the selection metric is kept (and the latest, always: Ray keeps it for resuming)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=select,
                                                          checkpoint_score_order=cfg.train.select_mode),
-            callbacks=[_ReportLog(str(reports)), *callbacks],
+            callbacks=[_ReportLog(str(reports)), _StopOnFatal(), *callbacks],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=_Sharding(),
@@ -236,6 +308,11 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     follow.start()
     try:
         result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        fatal = fatal_cause(e)
+        if fatal is None:
+            raise
+        raise fatal from None  # one line, as the worker raised it (Ray has logged the worker's traceback)
     finally:
         follow.stop()
     elapsed = time.perf_counter() - t_start
@@ -253,11 +330,10 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         ray.kill(log)
         n = int(df["split"].isin(["train", "val"]).sum())
         check_bad_fraction(len(bad), n, cfg.data.max_bad_fraction, out / BAD_CLIPS_FILE)
-    # 5. The model: the best epoch by the selection metric (Ray Train's own checkpoint ranking).
-    best = result.get_best_checkpoint(select, cfg.train.select_mode) if result.best_checkpoints else None
-    if best is not None:
-        with best.as_directory() as d:
-            epoch = export_model(Path(d) / CHECKPOINT_FILE, out / MODEL_FILE)
+    # 5. The model: the best epoch by the selection metric among the checkpoints Ray Train kept (an unreadable
+    #    or non-finite one skipped for the next best).
+    epoch = export_best(result.best_checkpoints, select, cfg.train.select_mode, out / MODEL_FILE)
+    if epoch is not None:
         row = next((r for r in rows if int(r["epoch"]) == epoch), {})
         write_selection(out, epoch, select, cfg.train.select_mode, row.get(select))
         if progress:
@@ -266,6 +342,27 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     first = follow.rows[0]["wall_time"] - wall_start if follow.rows else float("nan")
     return TrainResult(out=out, metrics=rows, epochs_run=[int(r["epoch"]) for r in follow.rows],
                        model_path=out / MODEL_FILE, source=source, elapsed_s=elapsed, first_report_s=first)
+
+
+def export_best(checkpoints: Sequence[tuple[Any, dict[str, Any]]], select: str, mode: str, path: Path) -> int | None:
+    """Export the best of Ray Train's kept ``(checkpoint, metrics)`` by ``select`` (ties: the first, as
+    ``Result.get_best_checkpoint``) to ``path``; one that is unreadable or non-finite is skipped with a warning
+    for the next best. Returns the epoch, None when nothing was kept; :class:`BadCheckpoint` when none is intact."""
+    ranked = sorted((c for c in checkpoints if c[1].get(select) is not None), key=lambda c: c[1][select],
+                    reverse=mode == "max")
+    errors: list[str] = []
+    for checkpoint, _ in ranked:
+        with checkpoint.as_directory() as d:
+            try:
+                epoch = export_model(Path(d) / CHECKPOINT_FILE, path)
+            except BadCheckpoint as e:
+                errors.append(str(e))
+                print(f"warning: {e}; exporting the next best checkpoint", file=sys.stderr, flush=True)
+                continue
+        return epoch
+    if errors:
+        raise BadCheckpoint(f"no intact checkpoint to export {path.name} from: {'; '.join(errors)}")
+    return None
 
 
 def identity_only_ce(df: Any, num_emotions: int, num_speakers: int) -> dict[str, float]:

@@ -40,7 +40,7 @@ def write_run_info(out: Path, manifest: Path, manifest_hash: str, config_hash: s
 def write_selection(out: Path, epoch: int, metric: str, mode: str, value: float | None) -> None:
     """Add to ``run.json`` which epoch ``model.pt`` holds and why."""
     info = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).exists() else {}
-    info["model"] = {"epoch": int(epoch), "selected_by": metric, "mode": mode,
+    info["model"] = {"epoch": int(epoch) + 1, "selected_by": metric, "mode": mode,
                      "value": None if value is None else float(value)}
     (out / RUN_FILE).write_text(json.dumps(info))
 
@@ -75,16 +75,25 @@ def dedupe_epochs(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_row(row: dict[str, Any], epochs: int) -> str:
+    """One console line per epoch; scores in percent, epochs counted from 1 (as in every output)."""
     m = lambda k: row.get(k, float("nan"))  # noqa: E731
+    pc = lambda k: 100 * m(k)  # noqa: E731
     return (f"epoch {int(row['epoch']) + 1}/{epochs}  loss {m('train_loss'):.4f}  l_prim {m('train_l_prim'):.4f}"
-            f"  | val emo_f1 {m('val_emo_f1'):.3f}  spk_acc {m('val_spk_acc'):.3f}"
-            f"  | leak aux_emo_f1 {m('val_aux_emo_f1'):.3f}  aux_spk_acc {m('val_aux_spk_acc'):.3f}"
-            f"  | {m('train_epoch_time_s'):.1f} s, {m('train_clips_per_s'):.1f} clips/s")
+            f"  | val % emotion F1 {pc('val_emo_f1'):.1f}  identity {pc('val_spk_acc'):.1f}"
+            f"  | aux heads %: emotion F1 from spk {pc('val_aux_emo_f1'):.1f}  identity from emo "
+            f"{pc('val_aux_spk_acc'):.1f}  | {m('train_epoch_time_s'):.1f} s, {m('train_clips_per_s'):.1f} clips/s")
+
+
+def numbered_from_1(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as users see them: ``epoch`` counted from 1 (Ray Train's reports count from 0)."""
+    return [{**r, "epoch": int(r["epoch"]) + 1} for r in rows]
 
 
 def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``metrics.json`` / ``metrics.csv``: one row per epoch, ``epoch`` counted from 1, scores as fractions."""
     import pandas as pd
 
+    rows = numbered_from_1(rows)
     (out / "metrics.json").write_text(json.dumps(rows, indent=1))
     pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
 
@@ -98,22 +107,23 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
     if not rows:
         return
-    ep = [int(r["epoch"]) for r in rows]
+    ep = [int(r["epoch"]) + 1 for r in rows]  # counted from 1, as on the console
     col = lambda k: [r.get(k, float("nan")) for r in rows]  # noqa: E731
+    pct = lambda k: [100 * v for v in col(k)]  # noqa: E731
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for k in ("train_loss", "train_l_prim", "train_l_aux", "val_loss_emo", "val_loss_spk"):
         if k in rows[-1]:
             axes[0].plot(ep, col(k), marker=".", label=k)
     axes[0].set_title("losses")
     for k, label in (("val_emo_f1", "emotion macro-F1"), ("val_spk_acc", "identity accuracy")):
-        axes[1].plot(ep, col(k), marker=".", label=label)
-    axes[1].set_title("validation")
-    axes[1].set_ylim(0, 1)
+        axes[1].plot(ep, pct(k), marker=".", label=label)
+    axes[1].set_title("validation (%)")
+    axes[1].set_ylim(0, 100)
     for k, label in (("val_aux_emo_f1", "emotion F1 from speaker emb."),
                      ("val_aux_spk_acc", "identity acc. from emotion emb.")):
-        axes[2].plot(ep, col(k), marker=".", label=label)
-    axes[2].set_title("aux heads (online leakage)")
-    axes[2].set_ylim(0, 1)
+        axes[2].plot(ep, pct(k), marker=".", label=label)
+    axes[2].set_title("aux heads, online leakage (%)")
+    axes[2].set_ylim(0, 100)
     for ax in axes:
         ax.set_xlabel("epoch")
         if ax.get_legend_handles_labels()[0]:  # a run may report none of a panel's metrics

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import ray.train
 import ray.train.torch
+import torch
 import torch.distributed as dist
 
 from emodis_ray.config import Config, replace
 from emodis_ray.core.checkpoint import (
     CHECKPOINT_FILE,
+    BadCheckpoint,
     load_checkpoint,
     model_kwargs_of,
     rng_state,
@@ -34,18 +36,21 @@ from emodis_ray.core.checkpoint import (
     set_rng_state,
 )
 from emodis_ray.core.loop import autocast_context, metrics, run_epoch, seed_everything
-from emodis_ray.core.methods import build_method, build_schedulers
+from emodis_ray.core.methods import Optimizers, Schedulers, build_method, build_schedulers
 from emodis_ray.core.model import build_model
 from emodis_ray.data.rows import collate
 from emodis_ray.runtime.telemetry import record_epoch, record_step
 
 SHUFFLE_ROWS = 256  # local shuffle buffer per worker, in clips (~4 MB each at the paper's 12 s / 224 px)
+log = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``config``: ``cfg`` (a ``Config.to_dict()``), ``num_speakers``,
-    ``steps_per_epoch``, ``fault_marker`` (a path); optional ``resume`` (default True) and ``tag`` (a prefix
-    of the checkpoint folder names, for several runs of this loop inside one Ray Train run)."""
+    ``steps_per_epoch``, ``fault_marker`` (a path); optional ``resume`` (default True), ``tag`` (a prefix
+    of the checkpoint folder names, for several runs of this loop inside one Ray Train run), ``fallback``
+    (the checkpoint file to resume from when Ray Train's latest is unreadable or non-finite) and ``attempt``
+    (a suffix for the checkpoint folders written after such a fall-back)."""
     cfg = replace(Config(), **config["cfg"])
     _quiet_report_log()
     ctx = ray.train.get_context()  # 1. who am I: rank and world size
@@ -66,11 +71,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     schedulers = build_schedulers(optimizers, cfg.optim.lr_decay)
 
     # 4. Resume: after a worker failure, or when the driver is run again on the same run folder.
-    start = 0
+    #    A latest checkpoint that is unreadable or non-finite: the driver's fall-back (the newest intact one).
+    start, suffix = 0, ""
     checkpoint = ray.train.get_checkpoint() if config.get("resume", True) else None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, optimizers, schedulers, restore_rng=False)
+            state, fell_back = resume_state(Path(d) / CHECKPOINT_FILE, config.get("fallback"), model, optimizers,
+                                            schedulers)
+        if fell_back:  # Ray Train still lists the bad folder: never write (nor later delete) the same name
+            suffix = f"-{config.get('attempt') or 'resumed'}"
         start = state["epoch"] + 1
         rngs = state["extra"].get("rng_ranks", [])
         if len(rngs) == world:
@@ -121,7 +130,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          "config": config["cfg"], "lam": float(logs.get("lam", 0.0)), "metrics": row}
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, model, optimizers, schedulers, epoch, extra)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"{config.get('tag', '')}epoch_{epoch:04d}")
+            ray.train.report(row, checkpoint=ckpt,
+                             checkpoint_dir_name=f"{config.get('tag', '')}epoch_{epoch:04d}{suffix}")
+
+
+def resume_state(latest: Path, fallback: str | None, model: torch.nn.Module, optimizers: Optimizers,
+                 schedulers: Schedulers) -> tuple[dict[str, Any], bool]:
+    """Load ``latest`` (Ray Train's latest checkpoint) into the model, optimisers and schedulers; when it is
+    unreadable or non-finite (:class:`BadCheckpoint`), warn and load ``fallback`` instead. Returns the state
+    (``epoch``, ``extra``) and whether it fell back. No fall-back (or the same file): :class:`BadCheckpoint`."""
+    try:
+        return load_checkpoint(latest, model, optimizers, schedulers, restore_rng=False), False
+    except BadCheckpoint as e:
+        if not fallback or Path(fallback).resolve() == latest.resolve():
+            raise BadCheckpoint(f"{e}; no older intact checkpoint to resume from (delete the run's checkpoints "
+                                f"folder to start over)") from None
+        log.warning("%s; resuming from %s instead", e, fallback)
+        return load_checkpoint(Path(fallback), model, optimizers, schedulers, restore_rng=False), True
 
 
 def reencoding(val: dict[str, float], prior_ce: dict[str, float]) -> dict[str, float]:

@@ -104,7 +104,7 @@ def screen_run(feats: dict[str, dict[str, np.ndarray]], cfg: Config, trunk_kwarg
             ep = run_epoch(model, _batches(tr, bs, order), _batches(va, bs, np.arange(len(va["h"]))), method, opt,
                            sched, epoch, cfg.train.epochs, "cpu", contextlib.nullcontext(), 0)
             val = metrics(ep.pred, cfg.model.num_emotions)
-            rows.append({"epoch": epoch, **{f"val_{k}": v for k, v in val.items()}})
+            rows.append({"epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}})
             if val["emo_f1"] > best[0]:
                 best = (val["emo_f1"], {k: t.clone() for k, t in model.state_dict().items()})
         model.load_state_dict(best[1])

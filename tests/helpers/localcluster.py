@@ -61,8 +61,9 @@ def _free_base(nodes: int) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def local_cluster(workers: int = 1, head_cpus: int = 1, node_cpus: int = 1,
-                  extra_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
-    """A head and ``workers`` worker nodes; stopped (every process of it) on exit."""
+                  extra_env: dict[str, str] | None = None, ray_cli: str | None = RAY_CLI) -> Iterator[LocalCluster]:
+    """A head and ``workers`` worker nodes; stopped (every process of it) on exit. ``ray_cli=None``: let
+    local-up.sh find ``ray`` itself (on PATH, else the project's .venv)."""
     base, dash = _free_base(workers + 1)
     tmp = Path(tempfile.mkdtemp(prefix="emx-", dir="/tmp"))  # short: Unix socket paths max 107 bytes
     env = {
@@ -73,11 +74,13 @@ def local_cluster(workers: int = 1, head_cpus: int = 1, node_cpus: int = 1,
         "EMODIS_HEAD_CPUS": str(head_cpus),
         "EMODIS_NODE_CPUS": str(node_cpus),
         "EMODIS_OBJECT_STORE_MB": "150",
-        "RAY": RAY_CLI,
+        **({"RAY": ray_cli} if ray_cli else {}),
         "RAY_metrics_report_interval_ms": "1000",  # custom metrics reach the endpoint within ~1 s
         **(extra_env or {}),
     }
     env.pop("RAY_ADDRESS", None)
+    if not ray_cli:
+        env.pop("RAY", None)
     up = subprocess.run(["bash", str(CLUSTER / "local-up.sh"), str(workers)], env=env, capture_output=True,
                         text=True, timeout=120)
     try:
@@ -86,7 +89,7 @@ def local_cluster(workers: int = 1, head_cpus: int = 1, node_cpus: int = 1,
         state = dict(line.removeprefix("export ").split("=", 1)
                      for line in (tmp / "c" / "cluster.env").read_text().splitlines() if line.startswith("export"))
         node_env = {**env, "RAY_AUTH_MODE": "token",
-                    "PATH": f"{Path(RAY_CLI).parent}:{env.get('PATH', '')}"}
+                    "PATH": f"{Path(ray_cli or RAY_CLI).parent}:{env.get('PATH', '')}"}
         yield LocalCluster(dir=tmp, gcs_address=state["EMODIS_GCS_ADDRESS"], dashboard=state["RAY_ADDRESS"],
                            metrics_ports=[int(p) for p in state["EMODIS_METRICS_PORTS"].strip('"').split()],
                            env=node_env)

@@ -30,3 +30,21 @@ def make_clip(path: Path, seconds: float, event_s: float | None = None, audio: b
         wav[100:110] = np.nan
         wavfile.write(path.with_suffix(".wav"), SR, wav)
     return path
+
+
+def make_faststart_clip(path: Path, seconds: float) -> Path:
+    """:func:`make_clip`, remuxed (same packets) with its index before the media data (``movflags=faststart``),
+    the layout of a clip prepared for streaming: cut short, it still opens."""
+    import av
+
+    src = make_clip(path.with_name(f".{path.stem}.src.mp4"), seconds)
+    with av.open(str(src)) as inp, av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:  # the demuxer's flush packets carry no data
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    src.unlink()
+    data = path.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat"), "the index must come first"
+    return path

@@ -121,7 +121,8 @@ def test_a_run_writes_its_folder(baseline: TrainResult, data: tuple[Path, Config
     best = max(baseline.metrics, key=lambda r: r["val_emo_f1"])["epoch"]  # model.pt: the best epoch by val F1
     assert info["epoch"] == best and info["metrics"]["epoch"] == best
     assert json.loads((out / "run.json").read_text())["model"] == {
-        "epoch": best, "selected_by": "val_emo_f1", "mode": "max", "value": info["metrics"]["val_emo_f1"]}
+        "epoch": best + 1, "selected_by": "val_emo_f1", "mode": "max",  # run.json counts epochs from 1
+        "value": info["metrics"]["val_emo_f1"]}
     assert isinstance(build_model(**state["model_kwargs"]), type(model))
     assert load_config(out / "config.yaml") == data[1]
 
@@ -190,7 +191,7 @@ def test_model_pt_is_the_best_validation_epoch_not_the_last(data: tuple[Path, Co
     model, info = load_model(res.model_path)
     assert info["epoch"] == 1 and info["metrics"]["val_emo_f1"] == 0.6
     assert torch.all(model.emo_head.bias == 1.0)  # the weights are epoch 1's
-    assert json.loads((res.out / "run.json").read_text())["model"]["epoch"] == 1
+    assert json.loads((res.out / "run.json").read_text())["model"]["epoch"] == 2  # users count epochs from 1
     kept = sorted(p.parent.name for p in (res.out / "checkpoints" / "scripted").glob("epoch_*/checkpoint.pt"))
     assert kept == ["epoch_0001", "epoch_0002"]  # the best, and the latest for resuming
 

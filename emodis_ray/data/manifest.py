@@ -81,7 +81,7 @@ class BuildReport:
             row = self.classes.get(s, {})
             lines.append(f"  {s:<6} {self.clips.get(s, 0):>7}  "
                          + "  ".join(f"{row.get(e, 0):>{w}}" for e in EMOTIONS))
-        lines.append(f"  test majority-class chance macro-F1: {self.chance_f1:.4f}")
+        lines.append(f"  test majority-class chance macro-F1: {100 * self.chance_f1:.1f} %")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -38,6 +38,9 @@ def quiet_ray() -> None:
     if verbose():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # inherited by a local cluster's workers
+    # Tune's new console output prints its experiment table and paths at every verbosity; the legacy one obeys
+    # RunConfig(verbose=0) (the search prints one line per trial itself)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray.data import DataContext
     from ray.util.debug import log_once
 

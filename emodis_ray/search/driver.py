@@ -90,7 +90,7 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
         if state.get("floor") is None:
             state["floor"], state["baseline"] = resolve_floor(space, manifest, out, cfg, floor, baseline, say)
             _save_state(out, state)
-        say(f"emotion-F1 floor {state['floor']:.3f} ({state['baseline'].get('source', 'given')})")
+        say(f"emotion-F1 floor {100 * state['floor']:.1f} % ({state['baseline'].get('source', 'given')})")
         setup = TrialSetup(manifest=str(manifest), manifest_hash=mh, runs_dir=str(out / "runs"), cfg=base.to_dict(),
                            floor=float(state["floor"]), val_chances=val_chances(manifest), probe_seed=seed,
                            f1_epochs=space.f1_epochs)
@@ -203,7 +203,7 @@ def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: f
     probe = probe_val_leakage(run, base_cfg, manifest)
     info = {"source": "MTL baseline trained first", "run": str(run), "val_emo_f1": f1,
             "val_leakage": probe["val_leakage"], "fit_s": fit_s, "first_report_s": res.first_report_s}
-    say(f"      val emotion F1 {f1:.3f}, val leakage {probe['val_leakage']:.3f} ({fit_s:.0f} s)")
+    say(f"      val emotion F1 {100 * f1:.1f} %, val leakage {100 * probe['val_leakage']:.1f} % ({fit_s:.0f} s)")
     return floor_from_baseline(f1, space.tolerance), info
 
 
@@ -227,6 +227,11 @@ def _tuner(trainable: Any, space: Space, out: Path, name: str, cfg: Config, n: i
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from emodis_ray.runtime.session import verbose
+
+    if not verbose():  # "A new study created in RDB": the search says what it does itself
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     run_config = tune.RunConfig(name=name, storage_path=str(out), failure_config=tune.FailureConfig(max_failures=0),
                                 callbacks=list(callbacks), verbose=0)
@@ -279,8 +284,9 @@ class _Progress(tune.Callback):
         released = release_trial(self.runs / trial.trial_id)  # an early-stopped trial's Train workers
         r = trial.last_result or {}
         if r.get("probed"):
-            self.say(f"  trial {trial.trial_id} done: val emotion F1 {r['val_emo_f1']:.3f}, val leakage "
-                     f"{r['val_leakage']:.3f}, {'feasible' if r['feasible'] else 'INFEASIBLE'} ({r['trial_s']:.0f} s)")
+            self.say(f"  trial {trial.trial_id} done: val emotion F1 {100 * r['val_emo_f1']:.1f} %, val leakage "
+                     f"{100 * r['val_leakage']:.1f} %, {'feasible' if r['feasible'] else 'INFEASIBLE'} "
+                     f"({r['trial_s']:.0f} s)")
         else:
             self.say(f"  trial {trial.trial_id} stopped early at epoch {int(r.get('epochs_done', 0))} "
                      f"(online objective {r.get('online_objective', float('nan')):.3f})"
@@ -298,9 +304,9 @@ def summary(res: SearchResult) -> str:
                                                           else "")]
     if res.best:
         b = res.best
-        lines.append(f"chosen: trial {b['trial_id']}: val leakage {b['val_leakage']:.3f}, val emotion F1 "
-                     f"{b['val_emo_f1']:.3f} (floor {res.floor:.3f}) -> {res.out / 'best.yaml'}")
+        lines.append(f"chosen: trial {b['trial_id']}: val leakage {100 * b['val_leakage']:.1f} %, val emotion F1 "
+                     f"{100 * b['val_emo_f1']:.1f} % (floor {100 * res.floor:.1f} %) -> {res.out / 'best.yaml'}")
     else:
-        lines.append(f"no feasible trial (val emotion F1 >= {res.floor:.3f}): no best.yaml")
+        lines.append(f"no feasible trial (val emotion F1 >= {100 * res.floor:.1f} %): no best.yaml")
     lines.append(f"trials.csv, pareto.png in {res.out}")
     return "\n".join(lines)

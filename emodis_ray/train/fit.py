@@ -175,7 +175,8 @@ class _Follow(threading.Thread):
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events of epochs that are trained again (none, unless a report got lost)
-        self.writer = SummaryWriter(str(tb_dir), purge_step=int(done[-1]["epoch"]) + 1 if done else None)
+        # (steps are epochs counted from 1, as on the console)
+        self.writer = SummaryWriter(str(tb_dir), purge_step=int(done[-1]["epoch"]) + 2 if done else None)
         self.rows: list[dict[str, Any]] = []
         self._done = threading.Event()
 
@@ -194,7 +195,7 @@ class _Follow(threading.Thread):
                     self.printer(format_row(row, self.epochs))
                 for k, v in row.items():
                     if k not in ("epoch", "wall_time") and isinstance(v, (int, float)):
-                        self.writer.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]), row["wall_time"])
+                        self.writer.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]) + 1, row["wall_time"])
                 self.writer.flush()
 
     def run(self) -> None:
@@ -337,8 +338,10 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         row = next((r for r in rows if int(r["epoch"]) == epoch), {})
         write_selection(out, epoch, select, cfg.train.select_mode, row.get(select))
         if progress:
+            v = row.get(select, float("nan"))
+            shown = f"{100 * v:.1f} %" if select.endswith(("_f1", "_acc")) else f"{v:.4g}"  # scores in percent
             print(f"model.pt: epoch {epoch + 1} of {len(rows)}, the best by {select} ({cfg.train.select_mode}"
-                  f"imum: {row.get(select, float('nan')):.4f})")
+                  f"imum: {shown})")
     first = follow.rows[0]["wall_time"] - wall_start if follow.rows else float("nan")
     return TrainResult(out=out, metrics=rows, epochs_run=[int(r["epoch"]) for r in follow.rows],
                        model_path=out / MODEL_FILE, source=source, elapsed_s=elapsed, first_report_s=first)

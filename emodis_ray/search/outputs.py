@@ -91,7 +91,8 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], space: Space, floor: fl
     if best is not None:
         text = Path(best["run"], "config.yaml").read_text()
         best_file.write_text(f"# emodis tune ({space.study}): trial {best['trial_id']}, val leakage "
-                             f"{best['val_leakage']:.4f}, val emotion F1 {best['val_emo_f1']:.4f} (floor {floor:.4f})\n"
+                             f"{100 * best['val_leakage']:.1f} %, val emotion F1 {100 * best['val_emo_f1']:.1f} % "
+                             f"(floor {100 * floor:.1f} %)\n"
                              + text)
     elif best_file.exists():
         best_file.unlink()
@@ -111,26 +112,27 @@ def plot_pareto(rows: list[dict[str, Any]], floor: float, best: dict[str, Any] |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pc = lambda v: 100 * float(v)  # noqa: E731  (percent, as every figure of the project)
     done = [r for r in rows if r["status"] == "completed"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for feas, style in ((True, {"marker": "o", "color": "tab:blue", "label": "feasible"}),
                         (False, {"marker": "x", "color": "tab:red", "label": "infeasible (F1 below floor)"})):
         pts = [r for r in done if bool(r["feasible"]) == feas]
         if pts:
-            ax.scatter([r["val_emo_f1"] for r in pts], [r["val_leakage"] for r in pts], s=36, **style)
+            ax.scatter([pc(r["val_emo_f1"]) for r in pts], [pc(r["val_leakage"]) for r in pts], s=36, **style)
     front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["val_emo_f1"])
     if front:
-        ax.plot([r["val_emo_f1"] for r in front], [r["val_leakage"] for r in front], drawstyle="steps-pre",
+        ax.plot([pc(r["val_emo_f1"]) for r in front], [pc(r["val_leakage"]) for r in front], drawstyle="steps-pre",
                 color="tab:gray", lw=1, ls="--", marker="o", ms=12, mfc="none", label="Pareto front")
-    ax.axvline(floor, color="tab:orange", lw=1, label=f"F1 floor {floor:.3f}")
+    ax.axvline(pc(floor), color="tab:orange", lw=1, label=f"F1 floor {pc(floor):.1f} %")
     if best is not None:
-        ax.scatter([best["val_emo_f1"]], [best["val_leakage"]], marker="*", s=260, facecolor="none",
+        ax.scatter([pc(best["val_emo_f1"])], [pc(best["val_leakage"])], marker="*", s=260, facecolor="none",
                    edgecolor="black", lw=1.5, label=f"chosen {best['trial_id']}", zorder=5)
     if "val_leakage" in baseline:
-        ax.scatter([baseline["val_emo_f1"]], [baseline["val_leakage"]], marker="D", color="tab:green", s=40,
+        ax.scatter([pc(baseline["val_emo_f1"])], [pc(baseline["val_leakage"])], marker="D", color="tab:green", s=40,
                    label="MTL baseline")
-    ax.set_xlabel("validation emotion macro-F1 (higher is better)")
-    ax.set_ylabel("validation leakage (probes; lower is better)")
+    ax.set_xlabel("validation emotion macro-F1, % (higher is better)")
+    ax.set_ylabel("validation leakage, % (probes; lower is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -64,6 +64,8 @@ def test_write_report_renders_markdown_and_pngs(tmp_path):
         assert f"| {e.run} |" in md  # the all-runs table
     assert "![Fig. 3a](fig3a.png)" in md and "![Fig. 3b](fig3b.png)" in md
     assert "singular" in md and "α = 0.01" in md
+    assert "*Singular table*" in md and "cannot be inverted" in md  # a singular test is explained, once
+    assert md.count("*Singular table*") == 1
     assert "Disentangling methods vs the MTL baseline" in md
     for name in ("fig3a.png", "fig3b.png", "confusion_mtl-64.png"):
         assert_png(tmp_path / "rep" / name)

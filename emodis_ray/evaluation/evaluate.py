@@ -51,6 +51,20 @@ def embed_splits(run: Path, manifest: Path, cfg: Config, actors: int | None = No
     return {s: {k: v[cols["split"] == s] for k, v in cols.items()} for s in SPLITS}
 
 
+def check_finite(emb: dict[str, dict[str, np.ndarray]], run: Path) -> None:
+    """No probe is trained, and nothing is written, on embeddings that are not finite (a model whose activations
+    overflow on some clips): a one-line error names the run, the split and the first clips."""
+    for s, cols in emb.items():
+        bad = np.zeros(len(cols["clip_id"]), bool)
+        for k in ("emo_emb", "spk_emb"):
+            if k in cols and len(cols[k]):
+                bad |= ~np.isfinite(cols[k].reshape(len(bad), -1)).all(axis=1)
+        if bad.any():
+            ids = ", ".join(str(c) for c in cols["clip_id"][bad][:3])
+            raise ValueError(f"{run}: the model's embeddings are not finite for {int(bad.sum())} {s} clip(s) "
+                             f"(e.g. {ids}); nothing was evaluated")
+
+
 def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, seed: int = 0,
                  actors: int | None = None, progress: bool = True) -> Evaluation:
     """Evaluate a trained run and write its evaluation files into the run folder."""
@@ -63,6 +77,7 @@ def evaluate_run(run: Path, manifest: Path | None = None, n_boot: int = 1000, se
     manifest = run_manifest(run, manifest)
     say(f"[1/3] embeddings of train/val/test ({run.name}) ...")
     emb = embed_splits(run, manifest, cfg, actors)
+    check_finite(emb, run)
     for s in SPLITS:
         if len(emb[s]["clip_id"]) == 0:
             raise ValueError(f"{manifest}: the {s} split has no decodable clips; the probes need all three")

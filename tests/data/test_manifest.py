@@ -331,7 +331,7 @@ def test_table_manifest_csv_and_parquet(table: Path):
     assert rep.clips == {"train": 9, "val": 1, "test": 4}
     assert rep.classes["test"] == {"neutral": 3, "happiness": 0, "sadness": 0, "anger": 0, "other": 1}
     assert rep.chance_f1 == pytest.approx(0.17142857)
-    assert "0.1714" in rep.format()
+    assert "17.1 %" in rep.format()  # percent, as every figure
     pq_path = table.with_suffix(".parquet")
     raw = pd.read_csv(table, dtype=str)
     raw["emotion_probs"] = [None if not isinstance(x, str) else [0.125] * 8 for x in raw.emotion_probs]

@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint venv clean
 
-$(BIN)/emodis: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(BIN)/emodis
+$(BIN)/emodis: pyproject.toml  # -qq: errors only (a failed install still says why)
+	@echo "setting up $(VENV) from pyproject.toml (first run only, a few minutes)"
+	@$(PY) -m venv $(VENV)
+	@$(BIN)/pip install -qq --upgrade pip
+	@$(BIN)/pip install -qq -e '.[dev]'
+	@touch $(BIN)/emodis
 
 venv: $(BIN)/emodis
 

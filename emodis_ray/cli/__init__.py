@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not sigint.seen():
                 return rc
-    print(f"emodis {args.command}: {INTERRUPTED}", file=sys.stderr)
+    again = "with --resume" if args.command == "tune" else "again"  # a search resumes only when asked to
+    print(f"emodis {args.command}: {INTERRUPTED.replace('again', again)}", file=sys.stderr)
     return 130
 
 

@@ -103,7 +103,8 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
                     "no ASHA). Each trial is a TorchTrainer run on the feature cache (made first if missing). OUT "
                     "gets best.yaml (for `emodis train --config`), trials.csv, pareto.png, optuna.db, runs/<trial>/. "
                     "--resume continues an interrupted search without re-running finished trials, or adds trials "
-                    "to a finished one (a larger --trials). Exit code 3: interrupted (resume it).",
+                    "to a finished one (a larger --trials). Ctrl-C: exit code 130 (resume it with --resume); exit "
+                    "code 3: stopped otherwise before the end (resume it).",
         epilog="example: emodis tune --space gr --trials 12 --manifest demo/manifest.parquet "
                "--set data.cache_dir=demo/cache --out runs/tune-gr")
     p.add_argument("--space", required=True,

@@ -22,6 +22,11 @@ from collections.abc import Iterator
 CONNECT_TIMEOUT_S = 30.0  # a cluster named by address that does not answer within this is an error
 
 
+def connect_timeout() -> float:
+    """Seconds a cluster named by address has to answer: ``EMODIS_CONNECT_TIMEOUT_S``, else the default."""
+    return float(os.environ.get("EMODIS_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+
+
 class ClusterUnreachable(ConnectionError):
     """No Ray cluster answers at the address the user gave; the message says which and what to do."""
 
@@ -78,7 +83,7 @@ def check_reachable(address: str, timeout_s: float | None = None, what: str = "a
     hp = _host_port(address)
     if hp is None:
         return
-    timeout_s = timeout_s or float(os.environ.get("EMODIS_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+    timeout_s = timeout_s or connect_timeout()
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -160,8 +165,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     if address:
         use_token_if_available()
         check_reachable(address)
-        timeout = float(os.environ.get("EMODIS_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
-        with _connect_watchdog(address, timeout):
+        with _connect_watchdog(address, connect_timeout()):
             ray.init(address=address, **kwargs)
     else:
         if dashboard is None:

@@ -274,7 +274,7 @@ class Config:
 _SECTIONS: dict[str, str] = {f.type if isinstance(f.type, str) else f.type.__name__: f.name
                              for f in dataclasses.fields(Config)}
 
-PRESETS = ("tiny", "paper")
+PRESETS = ("tiny", "paper", "tiny-disentangled")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -360,8 +360,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
-    text = resources.files("emodis_ray.configs").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    data = yaml.safe_load(resources.files("emodis_ray.configs").joinpath(f"{name}.yaml").read_text()) or {}
+    return _merge(preset_dict(data.pop("preset")), data) if "preset" in data else data  # a preset may extend one
 
 
 def load_config(source: str | Path | None = "tiny", overrides: typing.Sequence[str] = ()) -> Config:

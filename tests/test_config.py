@@ -139,3 +139,11 @@ def test_ranges_hold_for_replace_and_direct_construction_too() -> None:
     with pytest.raises(ConfigError, match="^data.rows_per_shard: "):
         DataConfig(rows_per_shard=0)
     assert DataConfig(rows_per_shard=1).rows_per_shard == 1  # the bound itself is valid
+
+
+def test_tiny_disentangled_is_tiny_with_the_searched_method() -> None:
+    """The search's winner ships as a preset that extends tiny: same data, features and training length."""
+    tiny, dis = load_config("tiny"), load_config("tiny-disentangled")
+    for section in ("synth", "labels", "features", "data", "train", "evaluation"):
+        assert getattr(dis, section) == getattr(tiny, section), section
+    assert dis.method.name == "conf" and dis.method != tiny.method and dis.model.spk_dim == 128

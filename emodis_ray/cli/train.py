@@ -76,6 +76,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     space = load_space(args.space, cfg)
+    for flag, v in (("--trials", args.trials), ("--top", args.top), ("--seeds", args.seeds)):
+        if v < 0:
+            raise ValueError(f"{flag} must be >= 0, got {v}")
     check_manifest(args.manifest)
 
     from emodis_ray.runtime.session import ray_session
@@ -85,28 +88,30 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         res = search(space, Path(args.manifest), Path(args.out), cfg, args.trials,
                          multi_objective=args.multi_objective, resume=args.resume, floor=args.floor,
                          baseline=Path(args.baseline) if args.baseline else None, seed=args.seed,
-                         max_concurrent=args.max_concurrent)
+                         max_concurrent=args.max_concurrent, stage1=args.stage1, top=args.top, seeds=args.seeds,
+                     asha=args.asha)
     return 3 if res.interrupted else 0
 
 
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "tune", help="search hyperparameters for the lowest validation leakage (Ray Tune + Optuna)",
+        "tune", help="search hyperparameters for the lowest validation leakage (Ray Tune + Optuna), in two stages",
         description="Search a space (a shipped one by name: gr, alt, conf, all; or a YAML file like those in "
-                    "tune_spaces/) (loss weights, learning rates, GR lambda and schedule, speaker "
-                    "embedding size, method) with Ray Tune: Optuna TPE (seeded), ASHA early stopping on the online "
-                    "leakage estimate of each epoch, and at each trial's end the probe-based validation leakage "
-                    "(probes trained on train, early-stopped and scored on val; test is never read). The chosen "
-                    "trial has the lowest validation leakage among those whose validation emotion F1 meets the "
-                    "floor (default: an MTL baseline's, trained first, minus the space's tolerance); infeasible "
-                    "trials are never chosen. --multi-objective: the Pareto front of emotion F1 and leakage (FIFO, "
-                    "no ASHA). Each trial is a TorchTrainer run on the feature cache (made first if missing). OUT "
-                    "gets best.yaml (for `emodis train --config`), trials.csv, pareto.png, optuna.db, runs/<trial>/. "
-                    "--resume continues an interrupted search without re-running finished trials, or adds trials "
-                    "to a finished one (a larger --trials). Ctrl-C: exit code 130 (resume it with --resume); exit "
+                    "tune_spaces/) for the configuration with the lowest validation leakage above the identity-only "
+                    "floor in the direction its method targets, among those whose emotion F1 and identity accuracy "
+                    "stay within the space's tolerance of an MTL baseline (averaged over --seeds seeds, trained "
+                    "first). Stage 1 screens --trials configurations with Ray Tune and Optuna TPE (seeded): on the "
+                    "baseline's frozen trunk (--stage1 screen, seconds per configuration), or as end-to-end Ray "
+                    "Train runs with ASHA (--stage1 train). Stage 2 trains the --top best end to end at --seeds "
+                    "seeds and chooses by the mean over seeds, with its interval. Probes are trained on train, "
+                    "early-stopped on held-out train rows and scored on val; test is never read. OUT gets best.yaml "
+                    "(a plain config without data paths, for `emodis train --config` or `emodis study --arm`), "
+                    "trials.csv, confirm.csv, pareto.png, optuna.db, runs/<trial>/ and confirm/runs/<arm>/seed<k>/. "
+                    "--resume continues an interrupted search without re-running finished work, or adds trials to a "
+                    "finished one (a larger --trials). Ctrl-C: exit code 130 (resume it with --resume); exit "
                     "code 3: stopped otherwise before the end (resume it).",
-        epilog="example: emodis tune --space gr --trials 12 --manifest demo/manifest.parquet "
-               "--set data.cache_dir=demo/cache --out runs/tune-gr")
+        epilog="example: emodis tune --space conf --trials 40 --top 2 --manifest demo/manifest.parquet "
+               "--config demo/config.yaml --out runs/tune-conf")
     p.add_argument("--space", required=True,
                    help="a shipped space by name (gr, alt, conf, all) or a search-space YAML file")
     p.add_argument("--trials", type=int, required=True, help="trials in total (with --resume: the new total)")
@@ -115,9 +120,19 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multi-objective", action="store_true", help="Pareto front of emotion F1 and leakage")
     p.add_argument("--resume", action="store_true", help="continue or extend the search in OUT")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--floor", type=float, help="emotion-F1 floor (default: MTL baseline's val F1 - tolerance)")
-    g.add_argument("--baseline", help="an MTL run folder whose last val emotion F1 sets the floor")
+    g.add_argument("--floor", type=float, help="emotion-F1 floor (default: the MTL baseline's mean val F1 - "
+                                                "tolerance); no identity floor")
+    g.add_argument("--baseline", help="an MTL run folder (one seed) whose val emotion F1 sets the floor and "
+                                      "whose trunk the screen keeps")
     p.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
+    p.add_argument("--stage1", choices=("screen", "train"), default="screen",
+                   help="stage 1's trials: the frozen-trunk screen (default) or end-to-end Train runs")
+    p.add_argument("--asha", action=argparse.BooleanOptionalAction, default=None,
+                   help="ASHA early stopping in stage 1 (default: on for --stage1 train, off for the screen)")
+    p.add_argument("--top", type=int, default=3, help="configurations stage 2 trains end to end (0: no stage 2; "
+                                                     "default: 3)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds of the MTL baseline and of each stage-2 "
+                                                       "configuration (default: 3)")
     p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: from the cluster's resources)")
     add_address(p)
     p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")

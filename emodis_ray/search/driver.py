@@ -28,18 +28,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from ray import tune
 
 from emodis_ray.config import Config, replace
+from emodis_ray.search.confirm import mtl_baseline, seeds_of, stage2, summarise
 from emodis_ray.search.outputs import collect, fmt, trial_error, write_outputs
-from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, trial_concurrency
+from emodis_ray.search.screen import TRUNK_FILE
+from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, top_k, trial_concurrency
 from emodis_ray.search.space import Space
 from emodis_ray.search.trial import (
     TrialSetup,
-    probe_val_leakage,
     release_trial,
     run_trial,
     val_chances,
@@ -47,8 +48,9 @@ from emodis_ray.search.trial import (
 
 STATE_FILE = "search.json"
 TRIAL_MEMORY = 64 * 2**20  # the trial driver asks for memory, not CPUs: a 0-CPU request needs some resource
-IDENTITY = ("space_digest", "config_hash", "manifest_hash", "multi_objective", "grid", "seed")
+IDENTITY = ("space_digest", "config_hash", "manifest_hash", "multi_objective", "grid", "seed", "stage1")
 Say = Callable[..., None]
+Stage1 = Literal["screen", "train"]
 
 
 @dataclass
@@ -61,19 +63,27 @@ class SearchResult:
     new_trials: int  # trials started by this call
     interrupted: bool = False
     baseline: dict[str, Any] = field(default_factory=dict)
+    confirmed: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage 2: {trial id: means over seeds}
+    id_floor: float | None = None
 
 
 def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *, multi_objective: bool = False,
            resume: bool = False, floor: float | None = None, baseline: Path | None = None, seed: int = 0,
            grid: int | None = None, max_concurrent: int | None = None, progress: bool = True,
-           callbacks: Sequence[Any] = ()) -> SearchResult:
+           callbacks: Sequence[Any] = (), stage1: Stage1 = "screen", top: int = 3, seeds: int = 3,
+           asha: bool | None = None) -> SearchResult:
     """Run (or resume, or extend to ``trials`` trials) a search on ``manifest`` into ``out`` (see the module
-    docstring): the floor from ``floor``, a ``baseline`` run or a new MTL baseline; Optuna TPE (or a
-    ``grid`` of that many values per parameter) proposes; each trial is a Ray Train run plus validation probes."""
+    docstring): the floors from an MTL baseline over ``seeds`` seeds (or ``floor`` / a ``baseline`` run); stage 1
+    screens ``trials`` configurations (``stage1``: on the baseline's frozen trunk, or end-to-end Train runs) with
+    Optuna TPE (or a ``grid`` of that many values per parameter); stage 2 trains the ``top`` best end to end at
+    ``seeds`` seeds and chooses by the mean (``top=0``: stage 1's best is chosen). ``asha``: early stopping in
+    stage 1 (default: on for end-to-end trials, off for the screen; see `emodis bench tune`)."""
     manifest, out = Path(manifest), Path(out)
     from emodis_ray.data.manifest import manifest_hash, read_manifest
     from emodis_ray.runtime.session import cluster_cpus, cluster_gpus, ray_session
 
+    if stage1 == "screen" and seeds < 1 and baseline is None:
+        raise ValueError("the screen needs a trained MTL trunk: --seeds >= 1 or --baseline RUN")
     say: Say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
     out = out.resolve()
@@ -86,17 +96,22 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
         mh = manifest_hash(read_manifest(manifest))
         state = _load_state(out, resume, {
             "space": str(space.path), "space_digest": space.digest(), "config_hash": base.hash(), "manifest_hash": mh,
-            "multi_objective": multi_objective, "grid": grid, "seed": seed})
+            "multi_objective": multi_objective, "grid": grid, "seed": seed, "stage1": stage1})
         if state.get("floor") is None:
-            state["floor"], state["baseline"] = resolve_floor(space, manifest, out, cfg, floor, baseline, say)
+            state.update(resolve_floors(space, manifest, out, base, floor, baseline, seeds, seed, say))
             _save_state(out, state)
-        say(f"emotion-F1 floor {100 * state['floor']:.1f} % ({state['baseline'].get('source', 'given')})")
-        setup = TrialSetup(manifest=str(manifest), manifest_hash=mh, runs_dir=str(out / "runs"), cfg=base.to_dict(),
-                           floor=float(state["floor"]), val_chances=val_chances(manifest), probe_seed=seed,
-                           f1_epochs=space.f1_epochs)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
-                                        {"CPU": 0, "memory": TRIAL_MEMORY})
-        concurrency = max_concurrent or trial_concurrency(base, cluster_cpus(), cluster_gpus())
+        say(f"floors: emotion F1 {100 * state['floor']:.1f} %, identity {_pc(state.get('id_floor'))} "
+            f"({state['baseline'].get('source', 'given')})")
+        if stage1 == "screen":
+            trainable, concurrency = _screen_trainable(space, manifest, out, base, state, seed, max_concurrent, say)
+            _save_state(out, state)
+        else:
+            setup = TrialSetup(manifest=str(manifest), manifest_hash=mh, runs_dir=str(out / "runs"),
+                               cfg=base.to_dict(), floor=float(state["floor"]), val_chances=val_chances(manifest),
+                               probe_seed=seed, f1_epochs=space.f1_epochs, id_floor=state.get("id_floor"))
+            trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                            {"CPU": 0, "memory": TRIAL_MEMORY})
+            concurrency = max_concurrent or trial_concurrency(base, cluster_cpus(), cluster_gpus())
         rounds: list[dict[str, Any]] = state["rounds"]
         before = {r["trial_id"] for r in collect(out, rounds, space)}
         interrupted = False
@@ -117,25 +132,47 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
         wanted = (len(grid_points) if grid_points is not None else trials) - done
         if wanted > 0 and not interrupted and not (grid_points is not None and rounds):
             name = "search" if not rounds else f"search-{len(rounds) + 1}"
-            stopping = ("no early stopping (a grid)" if grid_points is not None
-                        else "no early stopping (multi-objective: ASHA ranks by one metric only)" if multi_objective
-                        else "no early stopping (fewer than 3 epochs)" if asha_schedule(base.train.epochs) is None
-                        else "ASHA on the online leakage estimate")
-            say(f"round {name}: {wanted} trial(s), {concurrency} at a time, {stopping}")
-            tuner = _tuner(trainable, space, out, name, base, wanted, done, seed, multi_objective, grid_points,
+            wants = (stage1 == "train" and grid_points is None) if asha is None else asha
+            sched = asha_schedule(base.train.epochs) if wants and not multi_objective else None
+            stopping = ("ASHA on the online leakage estimate" if sched is not None
+                        else "no early stopping (multi-objective: ASHA ranks by one metric only)"
+                        if wants and multi_objective
+                        else "no early stopping (fewer than 3 epochs)" if wants else "no early stopping")
+            say(f"stage 1, round {name}: {wanted} {'screen' if stage1 == 'screen' else 'end-to-end'} trial(s), "
+                f"{concurrency} at a time, {stopping}")
+            tuner = _tuner(trainable, space, out, name, sched, wanted, done, seed, multi_objective, grid_points,
                            concurrency, first=not rounds, callbacks=[_Progress(progress, out / "runs"), *callbacks])
             rounds.append({"name": name, "num_samples": wanted})  # the Tuner has written its state: restorable
             _save_state(out, state)
             tuner.fit()
             interrupted = _unfinished(out / name, wanted)
 
-    rows = collect(out, rounds, space)
-    best = write_outputs(out, rows, space, float(state["floor"]), state.get("baseline", {}), multi_objective)
+        # 3. Stage 2: the top k end to end over several seeds, chosen by the mean.
+        rows = collect(out, rounds, space)
+        confirmed: dict[str, dict[str, Any]] = {}
+        if top > 0 and not interrupted and seeds > 0:
+            picks = top_k(rows, top, list(space.params))
+            if picks:
+                confirmed = stage2(manifest, out, [(str(r["trial_id"]), _trial_config(r)) for r in picks],
+                                   seeds_of(base, seeds), space.f1_epochs, seed, say)
+
+    best = write_outputs(out, rows, space, state, multi_objective, confirmed, top > 0 and seeds > 0)
     res = SearchResult(out=out, rows=rows, best=dict(best) if best else None, floor=float(state["floor"]),
                        wall_s=time.perf_counter() - t0, new_trials=len({r["trial_id"] for r in rows} - before),
-                       interrupted=interrupted, baseline=state.get("baseline", {}))
+                       interrupted=interrupted, baseline=state.get("baseline", {}), confirmed=confirmed,
+                       id_floor=state.get("id_floor"))
     say(summary(res))
     return res
+
+
+def _pc(v: float | None) -> str:
+    return "none" if v is None else f"{100 * v:.1f} %"
+
+
+def _trial_config(row: dict[str, Any]) -> Config:
+    from emodis_ray.config import load_config
+
+    return load_config(Path(row["run"]) / "config.yaml")
 
 
 # --- set-up: cache, state, floor ------------------------------------------------------------------------
@@ -183,28 +220,57 @@ def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
     return run_f1(rows, f1_epochs)
 
 
-def resolve_floor(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None, baseline: Path | None,
-                  say: Say) -> tuple[float, dict[str, Any]]:
-    """The floor as given, from a baseline run, or from an MTL baseline trained now (the base config, method mtl)."""
-    if floor is not None:
-        return float(floor), {"source": "given"}
+def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None,
+                   baseline: Path | None, seeds: int, probe_seed: int, say: Say) -> dict[str, Any]:
+    """``{"floor", "id_floor", "baseline"}``: the emotion-F1 and identity floors, each the MTL baseline's mean
+    over ``seeds`` seeds minus the space's tolerance; from one ``baseline`` run (its F1 only) when given;
+    ``floor`` replaces the F1 floor and drops the identity floor. The baseline is trained whenever a trunk or
+    a reference is needed."""
+    info: dict[str, Any] = {"source": "given"}
     if baseline is not None:
         f1 = baseline_f1(baseline, space.f1_epochs)
-        return floor_from_baseline(f1, space.tolerance), {"source": f"baseline {baseline}", "val_emo_f1": f1}
-    from emodis_ray.train.fit import fit
+        info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())]}
+    elif seeds > 0:
+        info = mtl_baseline(manifest, out, cfg, seeds, space.f1_epochs, probe_seed, say)
+    if floor is not None:
+        return {"floor": float(floor), "id_floor": None, "baseline": {**info, "source": "given"}}
+    if "val_emo_f1" not in info:
+        raise ValueError("no floor: give --floor, --baseline RUN or --seeds >= 1 (an MTL baseline)")
+    f1_floor = floor_from_baseline(info["val_emo_f1"], space.tolerance)
+    id_floor = floor_from_baseline(info["val_spk_acc"], space.tolerance) if "val_spk_acc" in info else None
+    return {"floor": f1_floor, "id_floor": id_floor, "baseline": info}
 
-    run = out / "baseline"
-    base_cfg = replace(cfg, method={"name": "mtl"})
-    say(f"MTL baseline (sets the emotion-F1 floor) -> {run} ...")
-    t0 = time.perf_counter()
-    res = fit(manifest, run, base_cfg, progress=False)
-    fit_s = time.perf_counter() - t0
-    f1 = run_f1(res.metrics, space.f1_epochs)
-    probe = probe_val_leakage(run, base_cfg, manifest)
-    info = {"source": "MTL baseline trained first", "run": str(run), "val_emo_f1": f1,
-            "val_leakage": probe["val_leakage"], "fit_s": fit_s, "first_report_s": res.first_report_s}
-    say(f"      val emotion F1 {100 * f1:.1f} %, val leakage {100 * probe['val_leakage']:.1f} % ({fit_s:.0f} s)")
-    return floor_from_baseline(f1, space.tolerance), info
+
+def _screen_trainable(space: Space, manifest: Path, out: Path, base: Config, state: dict[str, Any], seed: int,
+                      max_concurrent: int | None, say: Say) -> tuple[Any, int]:
+    """Stage 1 on the frozen trunk of the baseline's first run: its features (once), the screened MTL's floors
+    (the same config screened at the baseline's seeds), and the trainable (one CPU per trial)."""
+    from emodis_ray.runtime.session import cluster_cpus
+    from emodis_ray.search.screen import ScreenSetup, screen_trial, screen_val, trunk_features, trunk_kwargs_of
+
+    trunk_run = Path(state["baseline"]["runs"][0])
+    feats = trunk_features(trunk_run, manifest, base, out / "screen")
+    trunk = trunk_kwargs_of(trunk_run)
+    if state.get("screen_floors") is None:
+        n = max(1, int(state["baseline"].get("n", 1)))
+        mtl = replace(base, method={"name": "mtl"})
+        say(f"screened MTL on the frozen trunk of {trunk_run.name}, {n} seed(s) (the screen's floors) ...")
+        per_seed = [{**screen_val(feats, replace(mtl, train={"seed": s}), trunk, seed), "seed": float(s)}
+                    for s in seeds_of(base, n)]
+        ref = summarise(per_seed)
+        given = state["id_floor"] is None  # --floor: the F1 floor as given, shifted to the screen's level
+        state["screen_floors"] = {
+            "reference": ref,
+            "floor": (state["floor"] - state["baseline"].get("val_emo_f1", state["floor"]) + ref["val_emo_f1"]
+                      if given else floor_from_baseline(ref["val_emo_f1"], space.tolerance)),
+            "id_floor": None if given else floor_from_baseline(ref["val_spk_acc"], space.tolerance)}
+    sf = state["screen_floors"]
+    say(f"screen floors: emotion F1 {100 * sf['floor']:.1f} %, identity {_pc(sf['id_floor'])} (screened MTL: "
+        f"leakage above the floor {100 * sf['reference']['val_leakage']:.1f} %)")
+    setup = ScreenSetup(features=str(out / "screen" / TRUNK_FILE), trunk_kwargs=trunk, runs_dir=str(out / "runs"),
+                        cfg=base.to_dict(), floors=(float(sf["floor"]), sf["id_floor"]), probe_seed=seed)
+    trainable = tune.with_resources(tune.with_parameters(screen_trial, setup=setup), {"CPU": 1})
+    return trainable, max_concurrent or max(1, int(cluster_cpus()))
 
 
 # --- the Tuner --------------------------------------------------------------------------------------------
@@ -221,7 +287,8 @@ def _grid(space: Space, n: int) -> list[dict[str, Any]]:
     return points
 
 
-def _tuner(trainable: Any, space: Space, out: Path, name: str, cfg: Config, n: int, done: int, seed: int,
+def _tuner(trainable: Any, space: Space, out: Path, name: str, asha: tuple[int, int] | None, n: int, done: int,
+           seed: int,
            multi_objective: bool, grid_points: list[dict[str, Any]] | None, concurrency: int, first: bool,
            callbacks: Sequence[Any]) -> tune.Tuner:
     import optuna
@@ -235,12 +302,16 @@ def _tuner(trainable: Any, space: Space, out: Path, name: str, cfg: Config, n: i
 
     run_config = tune.RunConfig(name=name, storage_path=str(out), failure_config=tune.FailureConfig(max_failures=0),
                                 callbacks=list(callbacks), verbose=0)
-    if grid_points is not None:  # a grid: every point once, no model, no early stopping
+    scheduler: Any = FIFOScheduler()  # ASHA ranks trials by one metric; two objectives have no single order
+    if asha is not None:  # 3. ASHA on the online objective (aux-head leakage + F1 shortfall) reported every epoch
+        scheduler = ASHAScheduler(time_attr="epochs_done", metric="online_objective", mode="min", max_t=asha[1],
+                                  grace_period=asha[0], reduction_factor=2, stop_last_trials=False)
+    if grid_points is not None:  # a grid: every point once, no model
         param_space = {k: tune.grid_search(list(dict.fromkeys(p[k] for p in grid_points))) for k in space.params}
         return tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
-            num_samples=1, max_concurrent_trials=concurrency, trial_name_creator=_trial_name,
+            num_samples=1, max_concurrent_trials=concurrency, scheduler=scheduler, trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name))
-    # 3. Optuna TPE, seeded; the study lives in OUT/optuna.db so a later round (or a restart) knows it.
+    # 4. Optuna TPE, seeded; the study lives in OUT/optuna.db so a later round (or a restart) knows it.
     sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=max(2, min(10, (done + n) // 3)))
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
     metric, mode = (["emo_f1", "leakage"], ["max", "min"]) if multi_objective else ("objective", "min")
@@ -248,12 +319,6 @@ def _tuner(trainable: Any, space: Space, out: Path, name: str, cfg: Config, n: i
     start = [{**{k: p.grid(1)[0] for k, p in space.params.items()}, **pt} for pt in space.start] if first else []
     searcher = OptunaSearch(space.optuna_space(), metric=metric, mode=mode, sampler=sampler, storage=storage,
                             study_name=space.study, points_to_evaluate=start or None)
-    asha = asha_schedule(cfg.train.epochs)
-    if multi_objective or asha is None:
-        scheduler: Any = FIFOScheduler()  # ASHA ranks trials by one metric; two objectives have no single order
-    else:  # 4. ASHA on the online objective (aux-head leakage + F1 shortfall) reported every epoch
-        scheduler = ASHAScheduler(time_attr="epochs_done", metric="online_objective", mode="min", max_t=asha[1],
-                                  grace_period=asha[0], reduction_factor=2, stop_last_trials=False)
     return tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=n, max_concurrent_trials=concurrency,
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
@@ -302,11 +367,29 @@ def summary(res: SearchResult) -> str:
     lines = [f"search {res.out}: {len(res.rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
              f"{res.new_trials} new, {res.wall_s:.0f} s" + ("; INTERRUPTED: run again with --resume" if res.interrupted
                                                           else "")]
+    base = res.baseline
+    for name, a in res.confirmed.items():
+        lines.append(f"stage 2 {name}: over seeds {a['seeds']}: {_mean_ci(a, 'val_leakage')} leakage above the floor, "
+                     f"emotion F1 {_mean_ci(a, 'val_emo_f1')}, identity {_mean_ci(a, 'val_spk_acc')}")
+    if res.confirmed and "val_leakage" in base:
+        lines.append(f"MTL baseline over seeds {base.get('seeds')}: {_mean_ci(base, 'val_leakage')} leakage, "
+                     f"emotion F1 {_mean_ci(base, 'val_emo_f1')}, identity {_mean_ci(base, 'val_spk_acc')}")
     if res.best:
         b = res.best
-        lines.append(f"chosen: trial {b['trial_id']}: val leakage {100 * b['val_leakage']:.1f} %, val emotion F1 "
-                     f"{100 * b['val_emo_f1']:.1f} % (floor {100 * res.floor:.1f} %) -> {res.out / 'best.yaml'}")
+        how = "the lowest mean over seeds" if res.confirmed else "stage 1's lowest"
+        lines.append(f"chosen ({how}): trial {b['trial_id']}: val leakage {100 * b['val_leakage']:.1f} %, "
+                     f"val emotion F1 {100 * b['val_emo_f1']:.1f} % (floors: F1 {100 * res.floor:.1f} %, identity "
+                     f"{_pc(res.id_floor)}) -> {res.out / 'best.yaml'}")
+        if res.confirmed:
+            lines.append(f"test figures beside MTL: emodis study --manifest M --cache C --out {res.out / 'confirm'} "
+                         f"--arm mtl --arm {b['trial_id']}={res.out / 'best.yaml'} --seeds 5 (keeps the seeds above)")
     else:
-        lines.append(f"no feasible trial (val emotion F1 >= {100 * res.floor:.1f} %): no best.yaml")
-    lines.append(f"trials.csv, pareto.png in {res.out}")
+        lines.append(f"no feasible configuration (emotion F1 >= {100 * res.floor:.1f} %, identity >= "
+                     f"{_pc(res.id_floor)}): no best.yaml")
+    lines.append(f"trials.csv, confirm.csv, pareto.png in {res.out}")
     return "\n".join(lines)
+
+
+def _mean_ci(a: dict[str, Any], k: str) -> str:
+    lo, hi = a.get(f"{k}_ci", [float("nan")] * 2)
+    return f"{100 * a[k]:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"

@@ -37,9 +37,13 @@ def floor_from_baseline(baseline_emo_f1: float, tolerance: float) -> float:
     return float(baseline_emo_f1) - float(tolerance)
 
 
-def is_feasible(emo_f1: float | None, leakage: float | None, floor: float) -> bool:
-    """A trial is feasible when it has both validation figures and its emotion F1 meets the floor."""
+def is_feasible(emo_f1: float | None, leakage: float | None, floor: float, spk_acc: float | None = None,
+                id_floor: float | None = None) -> bool:
+    """A trial is feasible when it has both validation figures, its emotion F1 meets ``floor`` and, when an
+    identity floor is given, its identity accuracy meets ``id_floor``."""
     if emo_f1 is None or leakage is None or not math.isfinite(emo_f1) or not math.isfinite(leakage):
+        return False
+    if id_floor is not None and (spk_acc is None or not math.isfinite(spk_acc) or spk_acc < id_floor):
         return False
     return emo_f1 >= floor
 
@@ -57,6 +61,48 @@ def choose_best(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     if not ok:
         return None
     return min(ok, key=lambda ir: (float(ir[1]["val_leakage"]), -float(ir[1]["val_emo_f1"]), ir[0]))[1]
+
+
+def top_k(rows: Sequence[Mapping[str, Any]], k: int, params: Sequence[str]) -> list[Mapping[str, Any]]:
+    """Stage 2's candidates: the ``k`` completed feasible trials with the lowest validation leakage, one per
+    distinct configuration (same ranking as :func:`choose_best`)."""
+    ok = [(i, r) for i, r in enumerate(rows) if r.get("status") == "completed" and bool(r.get("feasible"))]
+    ok.sort(key=lambda ir: (float(ir[1]["val_leakage"]), -float(ir[1]["val_emo_f1"]), ir[0]))
+    out: list[Mapping[str, Any]] = []
+    seen: set[str] = set()
+    for _, r in ok:
+        key = repr([r.get(p) for p in params])
+        if key not in seen and len(out) < k:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean over seeds and its Student-t interval ``(mean, low, high)``; one value: an unbounded interval."""
+    from scipy import stats
+
+    v = [float(x) for x in values if math.isfinite(float(x))]
+    if not v:
+        return math.nan, math.nan, math.nan
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, -math.inf, math.inf
+    sd = stats.tstd(v)
+    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * sd / math.sqrt(len(v))
+    return m, m - half, m + half
+
+
+def choose_confirmed(arms: Mapping[str, Mapping[str, float]], f1_floor: float,
+                     id_floor: float) -> str | None:
+    """Stage 2's choice: among the candidates (``{name: {"val_emo_f1", "val_spk_acc", "val_leakage"}}`` as means
+    over seeds) whose mean emotion F1 and identity accuracy meet the floors, the lowest mean validation leakage
+    (ties: higher F1, then the earlier candidate); None when none is feasible."""
+    ok = [(i, n, a) for i, (n, a) in enumerate(arms.items())
+          if is_feasible(a["val_emo_f1"], a["val_leakage"], f1_floor, a["val_spk_acc"], id_floor)]
+    if not ok:
+        return None
+    return min(ok, key=lambda t: (t[2]["val_leakage"], -t[2]["val_emo_f1"], t[0]))[1]
 
 
 def asha_schedule(epochs: int, reduction_factor: int = 2) -> tuple[int, int] | None:

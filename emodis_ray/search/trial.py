@@ -44,6 +44,7 @@ class TrialSetup:
     val_chances: tuple[float, float]  # (emotion macro-F1, identity accuracy) of the majority class on val
     probe_seed: int = 0
     f1_epochs: int = 1  # a run's emotion F1: the mean of its last f1_epochs epochs
+    id_floor: float | None = None  # identity accuracy a feasible trial must reach (None: no identity floor)
 
     def config(self, params: dict[str, Any]) -> Config:
         return apply_params(replace(Config(), **self.cfg), params)
@@ -178,11 +179,12 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         probe = probe_val_leakage(run, cfg, Path(setup.manifest), setup.probe_seed)
         last = res.final
         f1 = run_f1(res.metrics, setup.f1_epochs)
-        feasible = is_feasible(f1, probe["val_leakage"], setup.floor)
+        spk_acc = smoothed_f1([r.get("val_spk_acc", math.nan) for r in res.metrics], setup.f1_epochs)
+        feasible = is_feasible(f1, probe["val_leakage"], setup.floor, spk_acc, setup.id_floor)
         final = {**online_metrics(last, setup.floor, setup.val_chances, f1), **probe,
                  "val_emo_f1": f1, "val_emo_f1_last": float(last.get("val_emo_f1", float("nan"))),
                  "emo_f1": f1 if math.isfinite(f1) else 0.0, "leakage": probe["val_leakage"],
-                 "val_spk_acc": float(last.get("val_spk_acc", float("nan"))),
+                 "val_spk_acc": spk_acc, "id_floor": setup.id_floor,
                  "feasible": float(feasible), "objective": objective_value(probe["val_leakage"], feasible),
                  "probed": 1.0, "epochs_done": float(cfg.train.epochs), "floor": setup.floor,
                  "fit_s": t_fit - t0, "probe_s": time.time() - t_fit, "first_report_s": res.first_report_s,

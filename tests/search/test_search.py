@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import ray
@@ -177,7 +178,7 @@ def test_smoothed_f1() -> None:
 
 
 def test_bench_tune_trials_to_target_and_report() -> None:
-    from emodis_ray.bench.tune import TuneBench, trials_to_target
+    from emodis_ray.bench.tune import TuneBench, cut_winners, trials_to_target
 
     rows = [{"status": "completed", "feasible": True, "val_leakage": 0.30},
             {"status": "stopped", "feasible": False, "val_leakage": float("nan")},
@@ -185,13 +186,17 @@ def test_bench_tune_trials_to_target_and_report() -> None:
             {"status": "completed", "feasible": True, "val_leakage": 0.21}]
     assert trials_to_target(rows, 0.22) == 4 and trials_to_target(rows, 0.30) == 1
     assert trials_to_target(rows, 0.1) is None
+    # ASHA's side of the same grid: it stopped the point FIFO ranked second, and a point FIFO ranked last
+    fifo = [{"a": i, "status": "completed", "feasible": True, "val_leakage": v} for i, v in enumerate([.1, .2, .3, .4])]
+    asha = [{"a": i, "status": s} for i, s in enumerate(["completed", "stopped", "completed", "stopped"])]
+    assert cut_winners(fifo, asha, ["a"], k=3) == [repr([1])]
     res = TuneBench(config="x", cpus=2, epochs=3, params=["a", "b"], grid_size=9, tpe_trials=4, floor=0.0,
                     bare={"fit_s": 30.0, "startup_s": 20.0},
-                    grid={"trials": 9, "wall_s": 300.0, "best_leakage": 0.2, "best_trial": "t"},
-                    tpe={"trials": 4, "wall_s": 100.0, "stopped": 1, "target": 0.22, "trials_to_target": 4,
+                    grid={"trials": 9, "wall_s": 300.0, "best_leakage": 0.2, "best_trial": "t", "trial_s": 5.0},
+                    tpe={"trials": 4, "wall_s": 100.0, "target": 0.22, "trials_to_target": 4,
                          "leakage_by_trial": [0.3, None, 0.05, 0.21]})
     text = res.format()  # a missing figure prints as nan instead of failing
-    assert "trials to reach <= 0.2200" in text and "4 (target <= 3)" in text and "nan" in text
+    assert "trials to reach <= 22.0 %" in text and "4 (target <= 3)" in text and "nan" in text
 
 
 def test_asha_never_stops_at_the_last_epoch() -> None:
@@ -247,7 +252,8 @@ def searched(data: tuple[Path, Config], tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("searched")
     (root / "space.yaml").write_text(SPACE)
     cfg = replace(cfg, train={"epochs": 3})  # 3 epochs: ASHA is on (a rung at epoch 1)
-    return run_search(load_space(root / "space.yaml"), manifest, root / "out", cfg, 3, seed=3, progress=False)
+    return run_search(load_space(root / "space.yaml"), manifest, root / "out", cfg, 3, seed=3, progress=False,
+                      stage1="train", top=0, seeds=1)
 
 
 @pytest.mark.ray
@@ -257,11 +263,13 @@ def test_search_picks_lowest_feasible_leakage(searched: SearchResult) -> None:
     df = pd.read_csv(out / "trials.csv")
     assert len(df) == 3 and set(df["status"]) <= {"completed", "stopped", "error"}
     # the floor came from an MTL baseline trained first
-    base = json.loads((out / "baseline" / "metrics.json").read_text())[-1]
+    base = json.loads((out / "confirm" / "runs" / "mtl" / "seed7" / "metrics.json").read_text())[-1]
     assert searched.floor == pytest.approx(base["val_emo_f1"] - 0.02)
+    assert searched.id_floor == pytest.approx(base["val_spk_acc"] - 0.02)
     done = df[df["status"] == "completed"]
     assert len(done) >= 1 and len(done) + (df["status"] == "stopped").sum() == (df["status"] != "error").sum()
-    assert (done["feasible"] == (done["val_emo_f1"] >= searched.floor)).all()
+    assert (done["feasible"] == ((done["val_emo_f1"] >= searched.floor)
+                                 & (done["val_spk_acc"] >= searched.id_floor))).all()
     feasible = done[done["feasible"]]
     if len(feasible):
         want = feasible.sort_values(["val_leakage", "val_emo_f1"], ascending=[True, False]).iloc[0]
@@ -332,22 +340,23 @@ def test_interrupted_search_resumes_then_extends(data: tuple[Path, Config], tmp_
     (tmp_path / "space.yaml").write_text(no_crash + "\n")
     space, out = load_space(tmp_path / "space.yaml"), tmp_path / "out"
     marker = tmp_path / "interrupted"
-    first = run_search(space, manifest, out, cfg, 2, floor=0.0, progress=False, callbacks=[InterruptAfter(str(marker))])
+    kw: dict[str, Any] = {"floor": 0.0, "progress": False, "stage1": "train", "top": 0, "seeds": 0}
+    first = run_search(space, manifest, out, cfg, 2, callbacks=[InterruptAfter(str(marker))], **kw)
     assert first.interrupted and marker.exists()
     finished = {r["trial_id"]: Path(r["run"], "result.json").stat().st_mtime_ns
                 for r in first.rows if r["status"] == "completed"}
     assert list(finished) == [marker.read_text()]
     with pytest.raises(ValueError, match="--resume"):
-        run_search(space, manifest, out, cfg, 2, floor=0.0, progress=False)
+        run_search(space, manifest, out, cfg, 2, **kw)
 
-    second = run_search(space, manifest, out, cfg, 2, floor=0.0, resume=True, progress=False)
+    second = run_search(space, manifest, out, cfg, 2, resume=True, **kw)
     assert not second.interrupted and len(second.rows) == 2
     assert all(r["status"] == "completed" for r in second.rows)
     for tid, mtime in finished.items():  # the finished trial did not run again
         assert Path(out, "runs", tid, "result.json").stat().st_mtime_ns == mtime
         assert len(Path(out, "runs", tid, "reports.jsonl").read_text().splitlines()) == cfg.train.epochs
 
-    third = run_search(space, manifest, out, cfg, 3, floor=0.0, resume=True, progress=False)
+    third = run_search(space, manifest, out, cfg, 3, resume=True, **kw)
     assert third.new_trials == 1 and len(third.rows) == 3 and {r["round"] for r in third.rows} == {"search", "search-2"}
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["trial_id"] for r in third.rows)
     for r in second.rows:
@@ -359,3 +368,60 @@ def test_interrupted_search_resumes_then_extends(data: tuple[Path, Config], tmp_
     study = optuna.load_study(study_name="test", storage=f"sqlite:///{out / 'optuna.db'}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
     assert all(math.isfinite(r["val_leakage"]) for r in third.rows)
+
+
+CONF_SPACE = """study: two-stage
+base: {method.name: conf}
+params:
+  method.w_spk_aux: {dist: loguniform, low: 0.1, high: 3.0}
+  model.spk_dim: {dist: choice, values: [8, 16]}
+objective: {tolerance: 0.5}  # loose floors: the tiny set's runs are too short to meet tight ones
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_two_stage_search_confirms_exactly_the_top_k(data: tuple[Path, Config], tmp_path: Path) -> None:
+    """Stage 1 screens on the MTL baseline's frozen trunk; stage 2 trains exactly its best configuration end to
+    end at two distinct seeds (top 1: every end-to-end run costs Ray Train's start-up here) and chooses it only
+    when its means meet the floors; best.yaml is a plain config without the data's paths."""
+    from emodis_ray.search.select import top_k
+
+    manifest, cfg = data
+    (tmp_path / "space.yaml").write_text(CONF_SPACE)
+    space, out = load_space(tmp_path / "space.yaml"), tmp_path / "out"
+    res = run_search(space, manifest, out, cfg, 3, seed=1, progress=False, top=1, seeds=2)
+    state = json.loads((out / "search.json").read_text())
+    # the floors: the baseline's mean over its two seeds minus the tolerance
+    base = [json.loads((out / "confirm" / "runs" / "mtl" / f"seed{s}" / "val.json").read_text()) for s in (7, 8)]
+    assert res.floor == pytest.approx(np.mean([b["val_emo_f1"] for b in base]) - 0.5)
+    assert res.id_floor == pytest.approx(np.mean([b["val_spk_acc"] for b in base]) - 0.5)
+    assert state["screen_floors"]["reference"]["n"] == 2  # the screen's floors: MTL screened at the same seeds
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) == 3 and (df["status"] == "completed").all()
+    for tid in df["trial_id"]:
+        assert json.loads((out / "runs" / tid / "trial.json").read_text())["screen"] is True
+    picks = [r["trial_id"] for r in top_k(df.to_dict("records"), 1, list(space.params))]
+    assert sorted(res.confirmed) == sorted(picks) and len(picks) == 1
+    arms = sorted(p.name for p in (out / "confirm" / "runs").iterdir())
+    assert arms == sorted(["mtl", *picks])
+    for tid in picks:
+        assert res.confirmed[tid]["seeds"] == [7, 8]
+        seeds = [json.loads((out / "confirm" / "runs" / tid / f"seed{s}" / "val.json").read_text()) for s in (7, 8)]
+        assert [int(v["seed"]) for v in seeds] == [7, 8]
+        assert res.confirmed[tid]["val_leakage"] == pytest.approx(np.mean([v["val_leakage"] for v in seeds]))
+    feasible = {t: a for t, a in res.confirmed.items()
+                if a["val_emo_f1"] >= res.floor and a["val_spk_acc"] >= res.id_floor}
+    assert res.best is not None and feasible
+    assert res.best["trial_id"] == min(feasible, key=lambda t: feasible[t]["val_leakage"])
+    text = (out / "best.yaml").read_text()
+    assert str(manifest.parent) not in text and "cache" not in text.split("data:")[1].split("model:")[0].replace(
+        "cache_dir: ''", "")
+    best = load_config(out / "best.yaml")
+    assert best.data.cache_dir == "" and best.method.name == "conf" and best.train.seed == 7
+    want = df.set_index("trial_id").loc[res.best["trial_id"]]
+    assert best.method.w_spk_aux == pytest.approx(want["method.w_spk_aux"])
+    assert best.model.spk_dim == want["model.spk_dim"]
+    confirm = pd.read_csv(out / "confirm.csv")
+    assert list(confirm["arm"]) == ["mtl", *res.confirmed] and (confirm["role"] == "chosen").sum() == 1
+    assert (out / "pareto.png").stat().st_size > 20_000

@@ -122,8 +122,8 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--floor", type=float, help="emotion-F1 floor (default: the MTL baseline's mean val F1 - "
                                                 "tolerance); no identity floor")
-    g.add_argument("--baseline", help="an MTL run folder (one seed) whose val emotion F1 sets the floor and "
-                                      "whose trunk the screen keeps")
+    g.add_argument("--baseline", help="an MTL run folder (one seed) whose val emotion F1 and identity set the "
+                                      "floors and whose trunk the screen keeps")
     p.add_argument("--seed", type=int, default=0, help="sampler and probe seed (default: 0)")
     p.add_argument("--stage1", choices=("screen", "train"), default="screen",
                    help="stage 1's trials: the frozen-trunk screen (default) or end-to-end Train runs")

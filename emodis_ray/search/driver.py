@@ -37,14 +37,9 @@ from emodis_ray.config import Config, replace
 from emodis_ray.search.confirm import mtl_baseline, seeds_of, stage2, summarise
 from emodis_ray.search.outputs import collect, fmt, trial_error, write_outputs
 from emodis_ray.search.screen import TRUNK_FILE
-from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, top_k, trial_concurrency
+from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, smoothed_f1, top_k, trial_concurrency
 from emodis_ray.search.space import Space
-from emodis_ray.search.trial import (
-    TrialSetup,
-    release_trial,
-    run_trial,
-    val_chances,
-)
+from emodis_ray.search.trial import TrialSetup, release_trial, run_trial, val_chances
 
 STATE_FILE = "search.json"
 TRIAL_MEMORY = 64 * 2**20  # the trial driver asks for memory, not CPUs: a 0-CPU request needs some resource
@@ -223,13 +218,15 @@ def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
 def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None,
                    baseline: Path | None, seeds: int, probe_seed: int, say: Say) -> dict[str, Any]:
     """``{"floor", "id_floor", "baseline"}``: the emotion-F1 and identity floors, each the MTL baseline's mean
-    over ``seeds`` seeds minus the space's tolerance; from one ``baseline`` run (its F1 only) when given;
+    over ``seeds`` seeds minus the space's tolerance; from one ``baseline`` run when given;
     ``floor`` replaces the F1 floor and drops the identity floor. The baseline is trained whenever a trunk or
     a reference is needed."""
     info: dict[str, Any] = {"source": "given"}
     if baseline is not None:
         f1 = baseline_f1(baseline, space.f1_epochs)
-        info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())]}
+        rows = json.loads((Path(baseline) / "metrics.json").read_text())
+        info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())],
+                "val_spk_acc": smoothed_f1([r.get("val_spk_acc", float("nan")) for r in rows], space.f1_epochs)}
     elif seeds > 0:
         info = mtl_baseline(manifest, out, cfg, seeds, space.f1_epochs, probe_seed, say)
     if floor is not None:

@@ -201,15 +201,18 @@ def screen_trial(params: dict[str, Any], setup: ScreenSetup) -> None:
         cfg.save(run / "config.yaml")
         f1_floor, id_floor = setup.floors
 
+        last = {"online_objective": 1.0}
+
         def report(row: dict[str, float]) -> None:  # 2. each epoch: the aux heads' figures, provisional
             aux = float(row.get("val_aux_emo_f1", math.nan))
             online = (aux if math.isfinite(aux) else 1.0) + max(0.0, f1_floor - row["val_emo_f1"])
+            last["online_objective"] = online
             ray.tune.report({"epochs_done": row["epoch"], "emo_f1": row["val_emo_f1"], "online_objective": online,
                              "leakage": online, "objective": PENALTY + online, "probed": 0.0})
 
         res = screen_val(load_features(Path(setup.features)), cfg, setup.trunk_kwargs, setup.probe_seed, report)
         feasible = is_feasible(res["val_emo_f1"], res["val_leakage"], f1_floor, res["val_spk_acc"], id_floor)
-        final = {**res, "feasible": float(feasible), "objective": objective_value(res["val_leakage"], feasible),
+        final = {**res, **last, "feasible": float(feasible), "objective": objective_value(res["val_leakage"], feasible),
                  "emo_f1": res["val_emo_f1"], "leakage": res["val_leakage"], "probed": 1.0,
                  "epochs_done": float(cfg.train.epochs), "floor": f1_floor, "id_floor": id_floor,
                  "trial_s": time.time() - t0}

@@ -83,6 +83,16 @@ def test_a_config_range_violation_exits_2_at_once_without_ray(command: list[str]
     assert not out.exists()  # nothing written for a run that never started
 
 
+def test_a_negative_stage2_size_exits_2_without_ray(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc, err, _ = emodis(["tune", "--space", "conf", "--trials", "4", "--top", "-1", "--manifest", str(manifest),
+                         "--out", str(out)], tmp_path)
+    assert rc == 2 and "RAY_INIT" not in err and "Traceback" not in err
+    (line,) = error_lines(err)
+    assert "--top must be >= 0, got -1" in line
+    assert not out.exists()
+
+
 def test_a_missing_manifest_is_named_before_ray_and_nothing_is_written(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rc, err, _ = emodis(["train", "--manifest", str(tmp_path / "missing.parquet"), "--out", str(out)], tmp_path)

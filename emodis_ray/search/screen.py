@@ -84,6 +84,11 @@ def _batches(d: dict[str, np.ndarray], batch_size: int, order: np.ndarray) -> It
                "speaker": torch.from_numpy(d["speaker"][sel].astype(np.int64))}
 
 
+def num_speakers(feats: Features) -> int:
+    """Speakers over every split (the identity heads' width)."""
+    return int(max(feats[s]["speaker"].max() for s in SPLITS if len(feats[s]["speaker"]))) + 1
+
+
 @dataclass
 class Screened:
     """One screened configuration: its per-epoch validation rows, the best epoch's validation emotion F1 and
@@ -107,8 +112,7 @@ def train_heads(feats: Features, cfg: Config, trunk_kwargs: dict[str, Any],
     from emodis_ray.core.model import HeadsOnly, build_model
 
     seed, bs = cfg.train.seed, cfg.data.batch_size
-    num_speakers = int(max(feats[s]["speaker"].max() for s in SPLITS if len(feats[s]["speaker"]))) + 1
-    kwargs = {**model_kwargs_of(cfg, num_speakers), **trunk_kwargs}  # the trunk's shape, this config's heads
+    kwargs = {**model_kwargs_of(cfg, num_speakers(feats)), **trunk_kwargs}  # the trunk's shape, this config's heads
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -149,12 +153,11 @@ def screen_val(feats: Features, cfg: Config, trunk_kwargs: dict[str, Any], probe
     from emodis_ray.evaluation.leakage import measure_leakage
 
     s = train_heads(feats, cfg, trunk_kwargs, on_epoch)
-    num_speakers = int(max(feats[k]["speaker"].max() for k in SPLITS if len(feats[k]["speaker"]))) + 1
     leak = measure_leakage({k: s.emb[k] for k in ("train", "val")}, scored="val",
                            method_direction=cfg.method.direction,
                            seeds=range(probe_seed, probe_seed + cfg.evaluation.probe_seeds),
                            floor_kind=cfg.evaluation.floor, num_emotions=cfg.model.num_emotions,
-                           num_speakers=num_speakers, n_boot=0, holdout_fraction=cfg.evaluation.probe_holdout,
+                           num_speakers=num_speakers(feats), n_boot=0, holdout_fraction=cfg.evaluation.probe_holdout,
                            stop_on=cfg.evaluation.probe_stop)
     e, p = leak.directions["emo_from_spk"], leak.directions["spk_from_emo"]
     va = s.emb["val"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from emodis_ray.config import Config
-from emodis_ray.search.screen import SPLITS, train_heads, trunk_features, trunk_kwargs_of
+from emodis_ray.search.screen import SPLITS, num_speakers, train_heads, trunk_features, trunk_kwargs_of
 
 __all__ = ["screen_arms", "screen_run", "trunk_features"]
 
@@ -41,20 +41,19 @@ def screen_run(feats: dict[str, dict[str, np.ndarray]], cfg: Config, trunk_kwarg
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.yaml")
     seed = cfg.train.seed
-    num_speakers = int(max(feats[s]["speaker"].max() for s in SPLITS)) + 1
     screened = train_heads(feats, cfg, trunk_kwargs)
-    emb, rows, best = screened.emb, screened.rows, (screened.best_val_emo_f1, None)
+    emb, rows = screened.emb, screened.rows
     (run / "metrics.json").write_text(json.dumps(rows, indent=1))
     leak = measure_leakage({s: emb[s] for s in ("train", "test")}, scored="test", method_direction=cfg.method.direction,
                            seeds=range(cfg.evaluation.probe_seeds), floor_kind=cfg.evaluation.floor,
-                           num_emotions=cfg.model.num_emotions, num_speakers=num_speakers, n_boot=n_boot,
+                           num_emotions=cfg.model.num_emotions, num_speakers=num_speakers(feats), n_boot=n_boot,
                            holdout_fraction=cfg.evaluation.probe_holdout,
                            stop_on=cfg.evaluation.probe_stop)
     te = emb["test"]
     ev = build_evaluation(run=run.name, method=cfg.method.name, spk_dim=cfg.model.spk_dim, emotion=te["emotion"],
                           speaker=te["speaker"], emo_pred=te["emo_pred"], spk_pred=te["spk_pred"], leak=leak.to_dict(),
                           aux_emo_pred=te["aux_emo_pred"], aux_spk_pred=te["aux_spk_pred"], n_boot=n_boot,
-                          extra={"screen": True, "best_val_emo_f1": best[0], "seed": seed})
+                          extra={"screen": True, "best_val_emo_f1": screened.best_val_emo_f1, "seed": seed})
     (run / EVALUATION_FILE).write_text(ev.to_json())
     write_predictions(run / PREDICTIONS_FILE, te, leak.directions["emo_from_spk"].probe_pred[0],
                       leak.directions["spk_from_emo"].probe_pred[0])

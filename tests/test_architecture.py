@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "emodis_ray"
 LAYERS = {"config": 0, "__init__": 0, "configs": 0, "runtime": 1, "data": 2, "synth": 3, "core": 3, "train": 4,
           "evaluation": 5, "search": 6, "bench": 7, "workflows": 7, "cli": 8}
 RAY_FREE = ("core", "data.features", "data.decode", "data.rows", "data.cache", "data.manifest", "data.labels",
-            "data.sources", "data._decord", "synth.render", "config")
+            "data.sources", "data.tracks", "data._decord", "synth.render", "config")
 SESSION = "runtime.session"
 MAX_LINES = 400
 

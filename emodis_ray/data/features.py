@@ -25,7 +25,9 @@ import numpy as np
 
 from emodis_ray.config import FeatureConfig
 
-BAD_REASONS = ("unreadable", "no_audio", "no_frames", "too_short", "nan_audio", "non_finite", "truncated", "timeout")
+BAD_REASONS = ("unreadable", "no_audio", "no_frames", "too_short", "nan_audio", "non_finite", "truncated", "timeout",
+               # face tracks over raw video (data/rawvideo.py)
+               "missing_video", "bad_track", "track_past_video", "short_audio", "box_outside")
 #: A stream whose packets end more than this before the duration its header declares is truncated.
 TRUNCATION_TOLERANCE_S = 0.1
 
@@ -187,7 +189,7 @@ def extract_segments(video_path: str | Path, audio_path: str | Path | None,
     """
     from emodis_ray.data._decord import decord
 
-    c, d, t_seg = (1 if cfg.grey else 3), cfg.face_size, frames_per_segment(cfg)
+    c, d = (1 if cfg.grey else 3), cfg.face_size
 
     # 1. Video: open, duration from the frame count. (decord's own resize corrupts small widths,
     #    so only the frames we keep are resized, below.)
@@ -210,16 +212,7 @@ def extract_segments(video_path: str | Path, audio_path: str | Path | None,
         raise BadClip("too_short", f"{video_path}: {duration:.2f} s < one segment of {cfg.segment_s} s")
 
     # 3. Log-mel over the clip, normalised per utterance, then sliced per segment.
-    mel = log_mel(audio[:round(duration * cfg.sample_rate)], cfg)  # [M, F]
-    if not np.isfinite(mel).all():  # finite samples can still overflow the mel power (float PCM at 1e20)
-        raise BadClip("non_finite", f"{video_path}: {int((~np.isfinite(mel)).sum())} of {mel.size} log-mel values "
-                                    f"are not finite (audio from {audio_path or video_path}, peak "
-                                    f"{float(np.abs(audio).max()):.3g})")
-    hop_frames = round(cfg.hop_s * cfg.sample_rate / cfg.hop_length)
-    mel_out = np.zeros((n_seg, 1, cfg.n_mels, t_seg), np.float32)  # [S, 1, M, T]
-    for i in range(n_seg):
-        patch = mel[:, i * hop_frames:i * hop_frames + t_seg]
-        mel_out[i, 0, :, :patch.shape[1]] = patch
+    mel_out = segment_mel(audio, duration, cfg, f"{video_path}: audio from {audio_path or video_path}")
 
     # 4. Faces: the frame at each segment's centre, index round(t * fps) (halves round up).
     centres = cfg.hop_s * np.arange(n_seg) + cfg.segment_s / 2  # [S] seconds
@@ -241,6 +234,22 @@ def extract_segments(video_path: str | Path, audio_path: str | Path | None,
         faces = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # [S, 3, D, D]
     assert faces.shape[1:] == (c, d, d)  # uint8 from decoding to here: a face cannot be non-finite
     return ClipSegments(mel_out, faces, idx, duration)
+
+
+def segment_mel(audio: np.ndarray, duration: float, cfg: FeatureConfig, source: str | Path) -> np.ndarray:
+    """The first ``duration`` seconds of ``audio`` -> log-mel normalised over them, sliced into every segment:
+    [S, 1, n_mels, T] float32. Raises ``BadClip("non_finite")`` naming ``source``."""
+    n_seg, t_seg = num_segments(cfg, duration), frames_per_segment(cfg)
+    mel = log_mel(audio[:round(duration * cfg.sample_rate)], cfg)  # [M, F]
+    if not np.isfinite(mel).all():  # finite samples can still overflow the mel power (float PCM at 1e20)
+        raise BadClip("non_finite", f"{source}: {int((~np.isfinite(mel)).sum())} of {mel.size} log-mel values "
+                                    f"are not finite (peak sample {float(np.abs(audio).max()):.3g})")
+    hop_frames = round(cfg.hop_s * cfg.sample_rate / cfg.hop_length)
+    out = np.zeros((n_seg, 1, cfg.n_mels, t_seg), np.float32)  # [S, 1, M, T]
+    for i in range(n_seg):
+        patch = mel[:, i * hop_frames:i * hop_frames + t_seg]
+        out[i, 0, :, :patch.shape[1]] = patch
+    return out
 
 
 def frames_pyav(path: str | Path, indices: list[int]) -> np.ndarray:

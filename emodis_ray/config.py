@@ -13,19 +13,26 @@ import dataclasses
 import hashlib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
-
+from emodis_ray.typed import (
+    ConfigError,
+    Count,
+    Fraction,
+    Index,
+    NonNegative,
+    Positive,
+    Range,
+    build,
+    merge,
+    parse_override,
+)
 
 # The training methods, in the order reports list them, with their labels. Every other place derives
 # from this one table: the type of ``method.name``, the CLI's choices, the report, the paper's grid.
@@ -37,34 +44,6 @@ DISENTANGLING: tuple[str, ...] = ("gr", "alt", "conf")  # the methods with an ad
 DIRECTIONS: tuple[str, ...] = ("spk2emo", "emo2spk", "both")  # which aux term(s) a method attacks
 MethodName = Literal[METHODS]  # type: ignore[valid-type]
 Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid range of a numeric field, declared in its annotation: ``Annotated[int, Range(ge=1)]``."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def holds(self, v: float) -> bool:
-        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
-
-    def __str__(self) -> str:
-        fmt = lambda x: f"{x:g}"  # noqa: E731
-        lo = f">= {fmt(self.ge)}" if self.ge is not None else f"> {fmt(self.gt)}" if self.gt is not None else ""
-        hi = f"<= {fmt(self.le)}" if self.le is not None else f"< {fmt(self.lt)}" if self.lt is not None else ""
-        return " and ".join(x for x in (lo, hi) if x)
-
-
-# The ranges most fields need; a field with another range spells it out.
-Count = Annotated[int, Range(ge=1)]  # 1, 2, ...
-Index = Annotated[int, Range(ge=0)]  # 0, 1, ... (seeds, optional counts)
-Positive = Annotated[float, Range(gt=0)]
-NonNegative = Annotated[float, Range(ge=0)]
-Fraction = Annotated[float, Range(ge=0, le=1)]
 
 
 class _Checked:
@@ -148,6 +127,10 @@ class FeatureConfig(_Checked):
     hop_length: Count = 160
     face_size: Annotated[int, Range(ge=16)] = 224
     grey: bool = False
+    # face tracks over raw video (VoxCeleb1): each box grows by this fraction of its size on every side, and
+    # pixel boxes were measured on frames of this height (docs/design.md §3.1)
+    face_margin: Annotated[float, Range(ge=0, le=2)] = 0.0
+    track_ref_height: Count = 360
 
     def relations(self) -> list[tuple[str, bool, str]]:
         return [("hop_s", self.hop_s <= self.segment_s,
@@ -277,91 +260,11 @@ _SECTIONS: dict[str, str] = {f.type if isinstance(f.type, str) else f.type.__nam
 PRESETS = ("tiny", "paper", "tiny-disentangled")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
-        return value
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} does not match {tp}")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f" in {prefix}" if prefix else ""
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''}{where}: "
-                          f"{', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(names))})")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        tp = hints[name]
-        key = prefix + name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key + ".")
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"model.spk_dim=64"`` -> (["model", "spk_dim"], 64); the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.spk_dim=64")
-    key, raw = text.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) < 2 or not all(parts):
-        raise ConfigError(f"override {text!r}: the key must be SECTION.NAME, e.g. model.spk_dim")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
-
-
 def preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
     data = yaml.safe_load(resources.files("emodis_ray.configs").joinpath(f"{name}.yaml").read_text()) or {}
-    return _merge(preset_dict(data.pop("preset")), data) if "preset" in data else data  # a preset may extend one
+    return merge(preset_dict(data.pop("preset")), data) if "preset" in data else data  # a preset may extend one
 
 
 def load_config(source: str | Path | None = "tiny", overrides: typing.Sequence[str] = ()) -> Config:
@@ -379,7 +282,7 @@ def load_config(source: str | Path | None = "tiny", overrides: typing.Sequence[s
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if "preset" in data:  # a file may extend a preset
-            data = _merge(preset_dict(data.pop("preset")), data)
+            data = merge(preset_dict(data.pop("preset")), data)
     for text in overrides:
         parts, value = parse_override(text)
         node = data
@@ -389,12 +292,12 @@ def load_config(source: str | Path | None = "tiny", overrides: typing.Sequence[s
                 raise ConfigError(f"override {text!r}: {p} is not a section")
         node[parts[-1]] = value
     try:
-        return _build(Config, data, "")
+        return build(Config, data, "")
     except TypeError as e:  # pragma: no cover - dataclass construction errors are caught above
         raise ConfigError(str(e)) from e
 
 
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
     """Return ``cfg`` with some fields of some sections changed, type-checked like overrides."""
-    data = _merge(cfg.to_dict(), sections)
-    return _build(Config, data, "")
+    data = merge(cfg.to_dict(), sections)
+    return build(Config, data, "")

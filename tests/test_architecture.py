@@ -1,6 +1,6 @@
 """The package layout's rules, read from the import graph with ``ast`` (docs/architecture.md).
 
-- Layers import only downwards: config < runtime < data < synth, core < train < evaluation < search <
+- Layers import only downwards: typed, config < runtime < data < synth, core < train < evaluation < search <
   bench, workflows < cli.
 - No import cycle between modules.
 - ``core/`` and the pure modules of ``data/`` never import Ray.
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emodis_ray"
-LAYERS = {"config": 0, "__init__": 0, "configs": 0, "runtime": 1, "data": 2, "synth": 3, "core": 3, "train": 4,
-          "evaluation": 5, "search": 6, "bench": 7, "workflows": 7, "cli": 8}
+LAYERS = {"config": 0, "typed": 0, "__init__": 0, "configs": 0, "runtime": 1, "data": 2, "synth": 3, "core": 3,
+          "train": 4, "evaluation": 5, "search": 6, "bench": 7, "workflows": 7, "cli": 8}
 RAY_FREE = ("core", "data.features", "data.decode", "data.rows", "data.cache", "data.manifest", "data.labels",
-            "data.sources", "data.tracks", "data._decord", "synth.render", "config")
+            "data.sources", "data.tracks", "data.rawvideo", "data._decord", "synth.render", "config", "typed")
 SESSION = "runtime.session"
 MAX_LINES = 400
 

@@ -4,6 +4,8 @@ On the same synthetic clips of the paper's shape (12 s, 224x224, 25 fps, AAC aud
   (a) the single-pass decode limit: PyAV decodes every video and audio frame on one thread
       (to RGB / float arrays, as a loader must; the raw figure without conversion is shown too);
   (b) our per-clip feature extraction on one thread (decode the segment frames, audio, log-mel);
+  (b1) the same clips stored as VoxCeleb1 is (face tracks over raw 796x448 videos at 30 fps, wav audio): all
+       tracks of a raw video decoded in one call, on one thread;
   (c) the Ray Data streaming pipeline on all CPUs;
   (d) reading the feature cache into model tensors (what every later epoch and trial pays).
 Plus the peak RSS of a decode worker and its RSS growth over a soak of many clip decodes.
@@ -45,14 +47,16 @@ class IngestBench:
                  f"(c) and (d) over {self.rows} clip decodes", "",
                  f"{'path':<44}{'clips/s':>10}{'per core':>10}"]
         names = {"a_raw": "(a0) PyAV decode all frames, no conversion", "a": "(a) PyAV decode all frames to arrays",
-                 "b": "(b) our features, one thread", "c": "(c) Ray Data pipeline, all CPUs",
+                 "b": "(b) our features, one thread", "b_raw": "(b1) face tracks over raw video, one thread",
+                 "c": "(c) Ray Data pipeline, all CPUs",
                  "c_e2e": "    (c) incl. actor start-up", "d": "(d) feature cache -> tensors",
                  "d_steady": "    (d) after each pass's first batch"}
         for k, name in names.items():
             if k in self.clips_per_s:
                 lines.append(f"{name:<44}{self.clips_per_s[k]:>10.1f}{self.clips_per_s_per_core[k]:>10.1f}")
         lines += ["", "ratios (targets): " + ", ".join(
-            f"{k} = {v:.2f}" + {"b/a": " (>= 0.9)", "c/b": " (>= 1.6 on 2 CPUs)", "d/b": " (>= 50)"}.get(k, "")
+            f"{k} = {v:.2f}" + {"b/a": " (>= 0.9)", "b_raw/b": " (raw-video path / crop path)",
+                                "c/b": " (>= 1.6 on 2 CPUs)", "d/b": " (>= 50)"}.get(k, "")
             for k, v in self.ratios.items())]
         lines.append(f"ray.init {self.ray_startup_s:.1f} s; each pass over the cache starts in "
                      f"{self.cache_first_batch_s:.1f} s (first batch), then streams at the rate above")
@@ -117,6 +121,27 @@ def soak(paths: list[str], cfg: Config, decodes: int, workers: int) -> dict[str,
             "growth_mb": max(o["growth"] for o in out) / 2**20}
 
 
+def _raw_video_per_clip(data: Path, synth: SynthConfig, df: pd.DataFrame, cfg: Config, progress: bool) -> float:
+    """Seconds per clip to decode the manifest's clips from the VoxCeleb1 layout of the same synthetic set, each
+    raw video's tracks in one :func:`~emodis_ray.data.rawvideo.extract_video_tracks` call (as ingest groups them)."""
+    from emodis_ray.data.features import BadClip
+    from emodis_ray.data.rawvideo import TrackSource, extract_video_tracks
+    from emodis_ray.synth.generate import generate
+
+    if not (data / "senet50-ferplus-logits.mat").exists():
+        generate(data, synth, progress=progress, layout="voxceleb1")
+    videos: dict[str, list[TrackSource]] = {}
+    for c, v in zip(df["clip_id"], df["video_id"], strict=True):
+        videos.setdefault(str(data / "raw" / f"{v}.mp4"), []).append(
+            TrackSource(str(data / "txt" / f"{c}.txt"), str(data / "wav" / f"{c}.wav")))
+    f = cfg.features
+    decode = lambda item: extract_video_tracks(item[0], item[1], f, margin=f.face_margin,  # noqa: E731
+                                               ref_height=f.track_ref_height)
+    items = list(videos.items())
+    assert not any(isinstance(r, BadClip) for r in decode(items[0])), "a track of the benchmark's set is bad"
+    return _time_per_clip(decode, items) * len(items) / len(df)
+
+
 def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, workdir: Path | None = None,
                  progress: bool = True) -> IngestBench:
     import ray
@@ -154,6 +179,8 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     res.per_clip_ms["a"] = 1e3 * _time_per_clip(pyav_decode_all, paths)
     say("(b) our per-clip features, one thread ...")
     res.per_clip_ms["b"] = 1e3 * _time_per_clip(lambda p: extract_clip(p, None, cfg.features), paths)
+    say("(b1) the same clips as face tracks over raw video (VoxCeleb1 layout), one thread ...")
+    res.per_clip_ms["b_raw"] = 1e3 * _raw_video_per_clip(work / "data-vox1", synth, df, cfg, progress)
 
     # (c) and (d) run over `rows` clip decodes: the clips repeated under new ids, so that start-up
     # (actors, an epoch's planning) is amortised as in a real epoch of thousands of clips.
@@ -218,7 +245,8 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
         res.clips_per_s[k] = 1e3 / ms
         res.clips_per_s_per_core[k] = res.clips_per_s[k] / (res.cpus if k in ("c", "c_e2e") else 1)
     cps = res.clips_per_s
-    res.ratios = {"b/a": cps["b"] / cps["a"], "b/a0": cps["b"] / cps["a_raw"], "c/b": cps["c"] / cps["b"],
+    res.ratios = {"b/a": cps["b"] / cps["a"], "b/a0": cps["b"] / cps["a_raw"], "b_raw/b": cps["b_raw"] / cps["b"],
+                  "c/b": cps["c"] / cps["b"],
                   "d/b": cps["d"] / cps["b"], "d_steady/b": cps["d_steady"] / cps["b"]}
     if soak_decodes:
         say(f"soak: {soak_decodes} clip decodes ...")

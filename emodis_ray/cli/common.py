@@ -62,3 +62,12 @@ def check_run(run: str | Path, model: bool = False) -> None:
         if not (run / MODEL_FILE).is_file():
             raise FileNotFoundError(f"{run / MODEL_FILE}: no trained model (did `emodis train` finish?)")
         load_model(run / MODEL_FILE)
+
+
+class ExamplesFormatter(argparse.HelpFormatter):
+    """Wraps the description as usual; an epilog starting with ``examples:`` keeps its lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from emodis_ray.cli.common import add_address, add_config_args, check_manifest, elapsed
+from emodis_ray.cli.common import ExamplesFormatter, add_address, add_config_args, check_manifest, elapsed
 from emodis_ray.config import load_config
 
 # --- synth -------------------------------------------------------------------------------------------
@@ -19,7 +19,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                                           ("seed", args.seed), ("workers", args.workers)) if v is not None]
     cfg = load_config(args.config, [*args.overrides, *sets])
     t0 = time.perf_counter()
-    summary = generate(Path(args.out), cfg.synth, progress=not args.quiet)
+    summary = generate(Path(args.out), cfg.synth, progress=not args.quiet, layout=args.layout)
     print(summary)
     print(f"synth took {elapsed(t0)}")
     return 0
@@ -38,6 +38,11 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips-per-person", type=int, help="clips per person (default: from the config)")
     p.add_argument("--seed", type=int, help="random seed (default: from the config)")
     p.add_argument("--workers", type=int, help="0: one Ray task per CPU; 1: serial, no Ray")
+    p.add_argument("--layout", choices=["crop", "voxceleb1"], default="crop",
+                   help="crop: one face-crop mp4 per clip under OUT/videos (VoxCeleb2-style, the default); "
+                        "voxceleb1: raw wide videos OUT/raw/<video-id>.mp4 holding several face tracks each, "
+                        "track files OUT/txt/idNNNNN/<video-id>/NNNNN.txt and wavs OUT/wav/... (VoxCeleb1 as "
+                        "distributed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_args(p)
     p.set_defaults(func=_cmd_synth)
@@ -57,14 +62,31 @@ def _write_manifest(df: object, report: object, out: Path, cfg: object) -> None:
 def _cmd_manifest_emovox(args: argparse.Namespace) -> int:
     from emodis_ray.data.sources import emovox_manifest
 
+    layout_error = _layout_error(args)
+    if layout_error:
+        raise ValueError(layout_error)
     sets = [f"labels.rule={args.rule}"] if args.rule else []
     cfg = load_config(args.config, [*args.overrides, *sets])
     t0 = time.perf_counter()
-    df, report = emovox_manifest(Path(args.mat), Path(args.meta), Path(args.videos), cfg.labels,
-                                 audio=Path(args.audio) if args.audio else None)
+    df, report = emovox_manifest(Path(args.mat), Path(args.meta), Path(args.videos or args.raw_videos), cfg.labels,
+                                 audio=Path(args.audio) if args.audio else None,
+                                 tracks=Path(args.tracks) if args.tracks else None)
     _write_manifest(df, report, Path(args.out), cfg)
     print(f"manifest took {elapsed(t0)}")
     return 0
+
+
+def _layout_error(args: argparse.Namespace) -> str | None:
+    """Face crops take --videos; face tracks take --tracks, --raw-videos and --audio together."""
+    if args.videos and (args.tracks or args.raw_videos):
+        return "give either --videos (face crops) or --tracks with --raw-videos and --audio (VoxCeleb1), not both"
+    if not args.videos and not (args.tracks and args.raw_videos and args.audio):
+        missing = [f for f, v in (("--tracks", args.tracks), ("--raw-videos", args.raw_videos),
+                                  ("--audio", args.audio)) if not v]
+        return ("give --videos DIR (face crops), or the VoxCeleb1 layout's " + ", ".join(missing)
+                if args.tracks or args.raw_videos else "give --videos DIR (face crops) or --tracks DIR "
+                "--raw-videos DIR --audio DIR (VoxCeleb1: face tracks over raw video)")
+    return None
 
 
 def _cmd_manifest_table(args: argparse.Namespace) -> int:
@@ -81,14 +103,24 @@ def add_manifest(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
     e = msub.add_parser(
         "emovox", help="the EmoVoxCeleb release format (real or synthetic)",
-        description="Read EmoVoxCeleb labels (senet50-ferplus-logits.mat) with vox1_meta.csv and a videos folder, "
-                    "and apply the paper's label rules: dominant emotion per clip, 8->5 classes, drop speakers in "
+        description="Read EmoVoxCeleb labels (senet50-ferplus-logits.mat) with vox1_meta.csv and the clips, and "
+                    "apply the paper's label rules: dominant emotion per clip, 8->5 classes, drop speakers in "
                     "the bottom 5th percentile of clip count, train = set 1, val/test = the heard set split by "
-                    "video, closed-set identity. Prints a summary with the drops per rule.")
+                    "video, closed-set identity. Prints a summary with the drops per rule. The clips are either "
+                    "face crops (--videos, one mp4 per track) or VoxCeleb1 as distributed (--tracks, --raw-videos, "
+                    "--audio: face-track files over the raw YouTube videos, one wav per track).",
+        epilog="examples:\n  emodis manifest emovox --mat senet50-ferplus-logits.mat --meta vox1_meta.csv \\\n"
+               "      --videos vox/videos --out manifest.parquet\n"
+               "  emodis manifest emovox --mat senet50-ferplus-logits.mat --meta vox1_meta.csv \\\n"
+               "      --tracks vox1/txt --raw-videos vox1/raw --audio vox1/wav --out manifest.parquet",
+        formatter_class=ExamplesFormatter)
     e.add_argument("--mat", required=True, help="senet50-ferplus-logits.mat")
     e.add_argument("--meta", required=True, help="vox1_meta.csv (tab-separated)")
-    e.add_argument("--videos", required=True, help="folder holding idNNNNN/<video-id>/NNNNN.mp4")
-    e.add_argument("--audio", help="optional folder of separate audio (VoxCeleb2 layout: idNNNNN/<vid>/NNNNN.m4a)")
+    e.add_argument("--videos", help="face crops: folder holding idNNNNN/<video-id>/NNNNN.mp4")
+    e.add_argument("--tracks", help="VoxCeleb1: folder of face-track files idNNNNN/<youtube-id>/NNNNN.txt")
+    e.add_argument("--raw-videos", help="VoxCeleb1: folder of the raw videos <youtube-id>.mp4")
+    e.add_argument("--audio", help="folder of separate audio: idNNNNN/<vid>/NNNNN.wav (VoxCeleb1, required with "
+                                   "--tracks) or .m4a (VoxCeleb2, optional)")
     e.add_argument("--rule", choices=["mean_softmax", "max_logit"],
                    help="dominant-emotion rule (default: labels.rule = mean_softmax)")
     e.add_argument("--out", required=True, help="output manifest.parquet")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emodis_ray.cli.common import add_address, add_config_args, check_cache, check_manifest
+from emodis_ray.cli.common import ExamplesFormatter, add_address, add_config_args, check_cache, check_manifest
 from emodis_ray.config import METHODS, ConfigError, load_config, replace
 
 # --- train -----------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from emodis_ray.workflows.demo import run_demo
 
     cfg = load_config(args.config, args.overrides)
-    run_demo(Path(args.out), cfg, address=args.address)
+    run_demo(Path(args.out), cfg, address=args.address, layout=args.layout)
     return 0
 
 
@@ -207,8 +207,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                     "rules, decode it once into the feature cache, train the MTL baseline, the confusion loss and "
                     "gradient reversal with Ray Train, evaluate each (leakage above the identity-only floor) and "
                     "write a report (OUT/report/report.md). "
-                    "A rerun keeps finished steps.")
+                    "A rerun keeps finished steps.",
+        epilog="examples:\n  emodis demo                                  # face crops, into ./demo\n"
+               "  emodis demo --layout voxceleb1 --out demo-vox1  # face tracks over raw video, wav audio",
+        formatter_class=ExamplesFormatter)
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
+    p.add_argument("--layout", choices=["crop", "voxceleb1"], default="crop",
+                   help="how the synthetic set is stored: crop (one face-crop mp4 per clip, the default) or "
+                        "voxceleb1 (face-track files over raw wide videos, one wav per track)")
     add_address(p)
     add_config_args(p)
     p.set_defaults(func=_cmd_demo)

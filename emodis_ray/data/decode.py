@@ -1,6 +1,7 @@
 """A clip decoder that cannot hang, crash or leak its host.
 
-:func:`features.extract_segments` runs in a child process. The parent waits at most ``timeout_s``
+:func:`features.extract_segments` (a face-crop clip) and :func:`rawvideo.extract_video_tracks` (every face track
+of one raw video) run in a child process. The parent waits at most ``timeout_s``
 for each clip; a clip that takes longer (a stuck demuxer, a network mount that stopped answering)
 kills the child, is retried ``retries`` times, and then counts as a bad clip with reason
 ``timeout``. A child that dies (a segfault in a codec) is replaced the same way. The child is also
@@ -20,6 +21,19 @@ import numpy as np
 
 from emodis_ray.config import FeatureConfig
 from emodis_ray.data.features import BadClip, ClipSegments, extract_segments
+from emodis_ray.data.rawvideo import TrackSource, extract_video_tracks
+
+
+def _serve(msg: tuple[Any, ...], cfg: FeatureConfig) -> Any:
+    """One request in the child: ``("clip", video, audio)`` -> segments; ``("tracks", video, [(track, wav)])``
+    -> one result per track. A bad clip or track answers ``("bad", reason, detail)``."""
+    if msg[0] == "tracks":
+        _, video, sources = msg
+        got = extract_video_tracks(video, [TrackSource(t, a) for t, a in sources], cfg, margin=cfg.face_margin,
+                                   ref_height=cfg.track_ref_height)
+        return [("bad", r.reason, r.detail) if isinstance(r, BadClip) else r for r in got]
+    _, video, audio = msg
+    return extract_segments(video, audio, cfg)
 
 
 def _child(conn: multiprocessing.connection.Connection, cfg_kwargs: dict[str, Any]) -> None:
@@ -40,13 +54,12 @@ def _child(conn: multiprocessing.connection.Connection, cfg_kwargs: dict[str, An
             return
         if msg is None:
             return
-        video, audio = msg
         try:
-            conn.send(extract_segments(video, audio, cfg))
+            conn.send(_serve(msg, cfg))
         except BadClip as e:
             conn.send(("bad", e.reason, e.detail))
         except Exception as e:  # an unexpected decoder error is this clip's problem, not the job's
-            conn.send(("bad", "unreadable", f"{video}: {type(e).__name__}: {e}"))
+            conn.send(("bad", "unreadable", f"{msg[1]}: {type(e).__name__}: {e}"))
 
 
 class ClipDecoder:
@@ -107,7 +120,27 @@ class ClipDecoder:
 
     def __call__(self, video: str, audio: str | None = None) -> ClipSegments:
         """Decode one clip; raises :class:`BadClip` (reason ``timeout`` after the retries)."""
-        last = BadClip("timeout", f"{video}: no answer within {self.timeout_s:.0f} s")
+        result = self._ask(("clip", str(video), None if audio is None else str(audio)), str(video), self.timeout_s)
+        if isinstance(result, tuple):
+            raise BadClip(result[1], result[2])
+        return result
+
+    def tracks(self, video: str, sources: list[tuple[str, str]]) -> list[ClipSegments | BadClip]:
+        """Every face track of one raw video, ``(track file, wav)`` each, in one decoder call (the video is opened
+        once); the timeout grows with the number of tracks. A timeout or a dead decoder makes every track bad."""
+        try:
+            got = self._ask(("tracks", str(video), [(str(t), str(a)) for t, a in sources]), str(video),
+                            self.timeout_s * max(1, len(sources)))
+        except BadClip as e:
+            return [BadClip(e.reason, f"{e.detail} (track {t})") for t, _ in sources]
+        if isinstance(got, tuple):  # the whole call failed in the child
+            return [BadClip(got[1], got[2]) for _ in sources]
+        return [BadClip(r[1], r[2]) if isinstance(r, tuple) else r for r in got]
+
+    def _ask(self, msg: tuple[Any, ...], video: str, timeout_s: float) -> Any:
+        """Send one request to the child and return its answer; restarts the child after a timeout or a crash,
+        retries, then raises :class:`BadClip`."""
+        last = BadClip("timeout", f"{video}: no answer within {timeout_s:.0f} s")
         for _ in range(self.retries + 1):
             if self._proc is None or self._served >= self.recycle_every or not self._proc.is_alive():
                 if self._proc is not None:
@@ -115,9 +148,9 @@ class ClipDecoder:
                 self._start()
             assert self._conn is not None
             try:
-                self._conn.send((str(video), None if audio is None else str(audio)))
-                if not self._conn.poll(self.timeout_s):
-                    last = BadClip("timeout", f"{video}: no answer within {self.timeout_s:.0f} s")
+                self._conn.send(msg)
+                if not self._conn.poll(timeout_s):
+                    last = BadClip("timeout", f"{video}: no answer within {timeout_s:.0f} s")
                     self._kill()
                     continue
                 result = self._conn.recv()
@@ -127,7 +160,5 @@ class ClipDecoder:
                 self._kill()
                 continue
             self._served += 1
-            if isinstance(result, tuple):
-                raise BadClip(result[1], result[2])
             return result
         raise last

@@ -31,13 +31,13 @@ import ray
 from emodis_ray.config import Config, FeatureConfig
 from emodis_ray.data.cache import CacheInfo, cache_root, find_cache, read_bad, write_shard
 from emodis_ray.data.decode import ClipDecoder
-from emodis_ray.data.features import BadClip
+from emodis_ray.data.features import BadClip, ClipSegments
 from emodis_ray.data.manifest import manifest_hash, read_manifest
 from emodis_ray.data.rows import ROW_SCHEMA, to_row
 from emodis_ray.runtime.session import decoder_count
 from emodis_ray.runtime.telemetry import record_ingest
 
-ROW_COLUMNS = ["clip_id", "split", "emotion_idx", "speaker_idx", "video_abspath", "audio_abspath"]
+ROW_COLUMNS = ["clip_id", "split", "emotion_idx", "speaker_idx", "video_abspath", "audio_abspath", "track_abspath"]
 
 
 class TooManyBadClips(ValueError):
@@ -62,14 +62,30 @@ class BadClipLog:
 
 
 def _decode_rows(decoder: ClipDecoder, batch: pd.DataFrame) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    rows, bad = [], []
-    for r in batch.itertuples(index=False):
-        try:
-            segs = decoder(r.video_abspath, r.audio_abspath if isinstance(r.audio_abspath, str) else None)
-        except BadClip as e:
-            bad.append({"clip_id": r.clip_id, "reason": e.reason, "detail": e.detail})
+    """Decode a batch of manifest rows, in order. Face tracks of one raw video go to the decoder in one call
+    (one open, one frame read); face-crop clips one at a time."""
+    results: dict[int, ClipSegments | BadClip] = {}
+    records = list(batch.itertuples(index=False))
+    by_video: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        track = getattr(r, "track_abspath", None)
+        if isinstance(track, str):
+            by_video.setdefault(r.video_abspath, []).append(i)
             continue
-        rows.append(to_row(r.clip_id, r.split, r.emotion_idx, r.speaker_idx, segs))
+        try:
+            results[i] = decoder(r.video_abspath, r.audio_abspath if isinstance(r.audio_abspath, str) else None)
+        except BadClip as e:
+            results[i] = e
+    for video, idx in by_video.items():
+        got = decoder.tracks(video, [(records[i].track_abspath, records[i].audio_abspath) for i in idx])
+        results.update(zip(idx, got, strict=True))
+    rows, bad = [], []
+    for i, r in enumerate(records):
+        res = results[i]
+        if isinstance(res, BadClip):
+            bad.append({"clip_id": r.clip_id, "reason": res.reason, "detail": res.detail})
+        else:
+            rows.append(to_row(r.clip_id, r.split, r.emotion_idx, r.speaker_idx, res))
     return rows, bad
 
 

@@ -3,7 +3,7 @@
 The manifest is the contract between data and training. Builders (``sources.emovox_manifest``,
 ``sources.table_manifest``) return a DataFrame whose ``root`` is absolute; ``write_manifest`` stores
 ``root`` relative to the manifest's folder so that a manifest moves with its data, and
-``read_manifest`` makes it absolute again and adds ``video_abspath``/``audio_abspath``.
+``read_manifest`` makes it absolute again and adds ``video_abspath``/``audio_abspath``/``track_abspath``.
 """
 
 from __future__ import annotations
@@ -43,13 +43,19 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("duration_s", pa.float32(), nullable=True),
     pa.field("fps", pa.float32(), nullable=True),
     pa.field("source", pa.string(), nullable=False),
+    # VoxCeleb1 layout: the face-track file over the raw video ``video_path`` (docs/design.md §3.1); null for a
+    # face-crop clip. A manifest written before this column existed reads as all null.
+    pa.field("track_path", pa.string(), nullable=True),
 ])
 COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
 #: Columns that define a manifest's content for ``manifest_hash`` (not its location).
 HASH_COLUMNS: tuple[str, ...] = (
     "clip_id", "video_path", "audio_path", "speaker", "speaker_idx", "emotion", "emotion_idx", "split",
-    "video_id",
+    "video_id", "track_path",
 )
+#: Hash columns that enter a row only where they are set, so a manifest without them keeps the hash (and the
+#: feature cache) it had before they existed.
+_OPTIONAL_HASH = frozenset({"track_path"})
 _SHOW = 10
 
 
@@ -218,7 +224,7 @@ def validate(df: pd.DataFrame, base: Path | None = None, check_files: bool = Fal
     if any(bad):
         problems.append(f"emotion_probs has NaN or infinite values: {_rows(df, bad)}")
     if check_files:
-        for col in ("video_path", "audio_path"):
+        for col in ("video_path", "audio_path", "track_path"):
             paths = [_resolve(r, p, base) for r, p in zip(df["root"], df[col], strict=True)]
             bad = [p is not None and not _exists(p) for p in paths]
             if any(bad):
@@ -246,7 +252,7 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
     data = df.loc[:, list(COLUMNS)].copy()
     data["emotion_probs"] = [None if _is_missing(x) else np.asarray(x, dtype=np.float32)
                              for x in data["emotion_probs"]]
-    for c in ("audio_path", "duration_s", "fps"):
+    for c in ("audio_path", "duration_s", "fps", "track_path"):
         data[c] = [None if _is_missing(x) else x for x in data[c]]
     try:
         return pa.Table.from_pandas(data, schema=MANIFEST_SCHEMA, preserve_index=False)
@@ -291,6 +297,8 @@ def read_manifest(path: Path, check_files: bool = False) -> pd.DataFrame:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise ManifestError(f"{path}: cannot read a Parquet manifest: {e}") from e
+    if "track_path" not in table.schema.names:  # written before face tracks were read
+        table = table.append_column("track_path", pa.nulls(table.num_rows, pa.string()))
     problems = []
     for f in MANIFEST_SCHEMA:
         if f.name not in table.schema.names:
@@ -308,6 +316,7 @@ def read_manifest(path: Path, check_files: bool = False) -> pd.DataFrame:
         raise ManifestError(f"{path}: {e}") from None
     df["video_abspath"] = [_resolve(r, p, None) for r, p in zip(df["root"], df["video_path"], strict=True)]
     df["audio_abspath"] = [_resolve(r, p, None) for r, p in zip(df["root"], df["audio_path"], strict=True)]
+    df["track_abspath"] = [_resolve(r, p, None) for r, p in zip(df["root"], df["track_path"], strict=True)]
     return df
 
 
@@ -324,10 +333,11 @@ def _same_type(t: pa.DataType, f: pa.Field) -> bool:
 
 def manifest_hash(df: pd.DataFrame) -> str:
     """Stable 16-hex hash of the content columns, independent of row order and of where the data lies."""
+    cols = [c for c in HASH_COLUMNS if c in df.columns or c not in _OPTIONAL_HASH]
     rows = sorted(
         json.dumps([None if _is_missing(v) else (int(v) if isinstance(v, (int, np.integer)) else str(v))
-                    for v in r])
-        for r in df.loc[:, list(HASH_COLUMNS)].itertuples(index=False, name=None)
+                    for c, v in zip(cols, r, strict=True) if not (c in _OPTIONAL_HASH and _is_missing(v))])
+        for r in df.loc[:, cols].itertuples(index=False, name=None)
     )
     h = hashlib.sha256()
     for r in rows:

@@ -197,15 +197,22 @@ def emovox_manifest(
     cfg: LabelConfig,
     audio: Path | None = None,
     *,
+    tracks: Path | None = None,
     check_files: bool = False,
     probe: bool = False,
 ) -> tuple[pd.DataFrame, BuildReport]:
     """Build the manifest of the EmoVoxCeleb release (docs/design.md §3.3).
 
-    ``videos``: the folder of ``<clip_id>.mp4``; ``audio`` (optional, VoxCeleb2 layout): the folder of
-    ``<clip_id>.m4a`` or ``.wav``. ``check_files`` drops (and counts) clips without a video;
-    ``probe`` reads fps and duration from each video with decord (slow: opens every file).
+    Face crops (VoxCeleb2 layout): ``videos`` is the folder of ``<clip_id>.mp4``; ``audio`` (optional) the
+    folder of ``<clip_id>.m4a`` or ``.wav``. Face tracks over raw video (VoxCeleb1 layout, ``tracks`` given):
+    ``tracks`` is the folder of ``<clip_id>.txt`` track files, ``videos`` the folder of raw ``<youtube-id>.mp4``
+    videos (one serves every track cut from it) and ``audio`` (required) the folder of ``<clip_id>.wav``.
+    ``check_files`` drops (and counts) clips without a video (crop layout) or without a track file or wav
+    (track layout: a missing raw video is reported per track by ingest, reason ``missing_video``);
+    ``probe`` reads fps and duration from each face-crop video with decord (slow: opens every file).
     """
+    if tracks is not None and audio is None:
+        raise ManifestError(f"{tracks}: face tracks need the folder of their wav files (--audio WAV_DIR)")
     logits, names, sets = load_emovox_mat(mat)
     ids = read_vox1_meta(meta)
     videos = Path(os.path.abspath(videos))
@@ -232,9 +239,15 @@ def emovox_manifest(
         df = df[~mask].reset_index(drop=True)
 
     drop("unheard_set", df["set"] == "unheard")
-    df["video_path"] = df["clip_id"] + ".mp4"
-    if check_files:
+    df["video_path"] = df["clip_id"] + ".mp4" if tracks is None else df["video_id"] + ".mp4"
+    df["track_path"] = None
+    if tracks is not None:
+        tracks = Path(os.path.abspath(tracks))
+        df["track_path"] = [_relative(str(tracks / f"{c}.txt"), videos) for c in df["clip_id"]]
+    if check_files and tracks is None:
         drop("missing_video", ~df["video_path"].map(lambda p: _exists(str(videos / p))))
+    if check_files and tracks is not None:
+        drop("missing_track", ~df["track_path"].map(lambda p: _exists(str(videos / p))))
     counts = df["speaker"].value_counts().to_dict()
     drop("speaker_percentile", ~df["speaker"].isin(percentile_keep(counts, cfg.drop_percentile)))
     train = df["set"] == "train"
@@ -252,12 +265,18 @@ def emovox_manifest(
     if audio is not None:
         audio = Path(os.path.abspath(audio))
         found = [_find_audio(audio, c) for c in df["clip_id"]]
+        if tracks is not None and check_files:
+            missing = pd.Series([p is None for p in found])
+            drop("missing_wav", missing)
+            found = [p for p, m in zip(found, missing, strict=True) if not m]
+        elif tracks is not None:  # a track has no audio of its own but its wav: ingest reports it missing
+            found = [p or str(audio / f"{c}.wav") for p, c in zip(found, df["clip_id"], strict=True)]
         df["audio_path"] = [None if p is None else _relative(p, videos) for p in found]
         n_missing = sum(p is None for p in found)
         if n_missing:
             notes.append(f"{n_missing} clips have no .m4a/.wav under the audio folder (audio_path left null)")
     df["duration_s"], df["fps"] = None, None
-    if probe:
+    if probe and tracks is None:
         got = [_probe(str(videos / p)) for p in df["video_path"]]
         df["duration_s"] = [d for d, _ in got]
         df["fps"] = [f for _, f in got]
@@ -283,7 +302,8 @@ def _find_audio(folder: Path, clip_id: str) -> str | None:
 
 # -------------------------------------------------------------------------------------------- user tables
 _REQUIRED = ("clip_id", "video_path", "speaker", "emotion", "split")
-_STR_COLUMNS = ("clip_id", "root", "video_path", "audio_path", "speaker", "emotion", "split", "video_id")
+_STR_COLUMNS = ("clip_id", "root", "video_path", "audio_path", "speaker", "emotion", "split", "video_id",
+                "track_path")
 
 
 def _parse_probs(x: Any) -> Any:
@@ -301,7 +321,8 @@ def table_manifest(path: Path) -> tuple[pd.DataFrame, BuildReport]:
     """A user's CSV or Parquet list of clips -> manifest.
 
     Required columns: clip_id, video_path, speaker, emotion, split. Optional: root (default: the
-    table's folder; relative roots are taken from it), audio_path, video_id (default: the middle part
+    table's folder; relative roots are taken from it), audio_path, track_path (a face-track file over the raw
+    video ``video_path``; then audio_path is its wav), video_id (default: the middle part
     of an ``id/<video>/NNNNN`` clip_id, else the clip_id), duration_s, fps, emotion_probs (a list,
     or in a CSV a JSON list or space/comma-separated numbers). FER+ class names are merged to the
     5 classes; speaker_idx and emotion_idx are (re)computed.
@@ -333,10 +354,11 @@ def table_manifest(path: Path) -> tuple[pd.DataFrame, BuildReport]:
         df["video_id"] = None
     df["video_id"] = [v if isinstance(v, str) and v.strip() else _default_video_id(c)
                       for v, c in zip(df["video_id"], df["clip_id"], strict=True)]
-    for c in ("audio_path", "duration_s", "fps", "emotion_probs"):
+    for c in ("audio_path", "duration_s", "fps", "emotion_probs", "track_path"):
         if c not in df.columns:
             df[c] = None
-    df["audio_path"] = [None if _is_missing(a) or not str(a).strip() else a for a in df["audio_path"]]
+    for c in ("audio_path", "track_path"):
+        df[c] = [None if _is_missing(a) or not str(a).strip() else a for a in df[c]]
     try:
         df["emotion_probs"] = [_parse_probs(x) for x in df["emotion_probs"]]
     except (ValueError, TypeError) as e:

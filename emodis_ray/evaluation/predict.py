@@ -79,7 +79,7 @@ def folder_rows(videos: Path) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     rows = pd.DataFrame({
         "clip_id": ids, "split": "predict",
         "emotion_idx": -1, "speaker_idx": -1, "video_abspath": [str(p.resolve()) for p in paths],
-        "audio_abspath": [audio_of(p) for p in paths],
+        "audio_abspath": [audio_of(p) for p in paths], "track_abspath": None,
     })[ROW_COLUMNS]
     return rows, skipped
 

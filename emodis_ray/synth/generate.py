@@ -2,7 +2,9 @@
 
 ``generate`` writes, under one folder:
 
-- ``videos/idNNNNN/<video-id>/NNNNN.mp4``: VoxCeleb2-style face crops, H.264 with an AAC mono track;
+- ``videos/idNNNNN/<video-id>/NNNNN.mp4``: VoxCeleb2-style face crops, H.264 with an AAC mono track; or, in the
+  VoxCeleb1 layout, ``raw/<video-id>.mp4`` (wide videos of several tracks), ``txt/idNNNNN/<video-id>/NNNNN.txt``
+  (face tracks) and ``wav/idNNNNN/<video-id>/NNNNN.wav`` (:mod:`emodis_ray.synth.vox1`);
 - ``vox1_meta.csv``: the VoxCeleb1 meta table (tab-separated), one row per person;
 - ``senet50-ferplus-logits.mat``: EmoVoxCeleb teacher logits (``wavLogits``) and ``images`` (``name``,
   ``set``: 1 train, 2 unheard, 3 heard; ``sp``: speaker number);
@@ -261,36 +263,47 @@ def _specs(table: pd.DataFrame) -> list[ClipSpec]:
                      samples=int(r.samples)) for r in table.itertuples(index=False)]
 
 
-def render_batch(specs: list[ClipSpec], cfg: SynthConfig, videos_dir: str) -> list[tuple[int, np.ndarray]]:
-    """Render and write a batch of clips; returns (clip index, teacher logits) per clip."""
+def render_batch(groups: list[list[ClipSpec]], cfg: SynthConfig, out_dir: str,
+                 layout: str = "crop") -> list[tuple[int, np.ndarray]]:
+    """Render and write a batch of groups of clips (one clip each in the crop layout, one raw video's tracks in
+    the VoxCeleb1 layout); returns (clip index, teacher logits) per clip."""
+    from emodis_ray.synth.vox1 import render_raw_video
+
     out = []
-    for spec in specs:
-        clip = render_clip(spec, make_person(cfg.seed, spec.person),
-                           make_session(cfg.seed, spec.person, spec.video), cfg)
-        write_mp4(Path(videos_dir) / f"{spec.clip_id}.mp4", clip.frames, clip.audio, cfg.fps, cfg.sample_rate)
-        out.append((spec.index, clip.logits))
+    for group in groups:
+        if layout == "voxceleb1":
+            out.extend(render_raw_video(group, cfg, out_dir))
+            continue
+        for spec in group:
+            clip = render_clip(spec, make_person(cfg.seed, spec.person),
+                               make_session(cfg.seed, spec.person, spec.video), cfg)
+            write_mp4(Path(out_dir) / "videos" / f"{spec.clip_id}.mp4", clip.frames, clip.audio, cfg.fps,
+                      cfg.sample_rate)
+            out.append((spec.index, clip.logits))
     return out
 
 
-def _run_serial(specs: list[ClipSpec], cfg: SynthConfig, videos_dir: str, bar: Any) -> dict[int, np.ndarray]:
+def _run_serial(groups: list[list[ClipSpec]], cfg: SynthConfig, out_dir: str, layout: str,
+                bar: Any) -> dict[int, np.ndarray]:
     logits = {}
-    for spec in specs:
-        logits.update(render_batch([spec], cfg, videos_dir))
-        bar.update(1)
+    for group in groups:
+        logits.update(render_batch([group], cfg, out_dir, layout))
+        bar.update(len(group))
     return logits
 
 
-def _run_ray(specs: list[ClipSpec], cfg: SynthConfig, videos_dir: str, bar: Any) -> dict[int, np.ndarray]:
+def _run_ray(groups: list[list[ClipSpec]], cfg: SynthConfig, out_dir: str, layout: str,
+             bar: Any) -> dict[int, np.ndarray]:
     import ray
 
     from emodis_ray.runtime.session import cluster_cpus, ray_session
 
     # (1) the running Ray, else a local one for this call only
     with ray_session(num_cpus=cfg.workers or None, dashboard=False, log_to_driver=False):
-        size = min(32, max(1, math.ceil(len(specs) / (4 * max(1, cluster_cpus())))))
-        task = ray.remote(num_cpus=1)(render_batch)  # (2) one task per batch of clips
-        pending = {task.remote(specs[i:i + size], cfg, videos_dir): min(size, len(specs) - i)
-                   for i in range(0, len(specs), size)}
+        size = min(32, max(1, math.ceil(len(groups) / (4 * max(1, cluster_cpus())))))
+        task = ray.remote(num_cpus=1)(render_batch)  # (2) one task per batch of clips (or of raw videos)
+        pending = {task.remote(groups[i:i + size], cfg, out_dir, layout): sum(map(len, groups[i:i + size]))
+                   for i in range(0, len(groups), size)}
         logits = {}
         while pending:  # (3) collect as they finish
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -332,8 +345,17 @@ def write_tables(out_dir: Path, cfg: SynthConfig, table: pd.DataFrame, logits: d
     (out_dir / CONFIG_NAME).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
-def generate(out_dir: Path, cfg: SynthConfig, progress: bool = True, overwrite: bool = False) -> SynthSummary:
+LAYOUTS = ("crop", "voxceleb1")
+_LAYOUT_DIRS = {"crop": ("videos",), "voxceleb1": ("raw", "txt", "wav")}
+
+
+def generate(out_dir: Path, cfg: SynthConfig, progress: bool = True, overwrite: bool = False,
+             layout: str = "crop") -> SynthSummary:
     """Write a synthetic EmoVox set to ``out_dir`` (serial when ``cfg.workers == 1``, else Ray tasks).
+
+    ``layout="crop"``: one face-crop mp4 per clip under ``videos/`` (VoxCeleb2-style); ``"voxceleb1"``: raw wide
+    videos under ``raw/`` with several tracks each, their track files under ``txt/`` and wavs under ``wav/``
+    (:mod:`emodis_ray.synth.vox1`). Labels, people, the ``.mat`` and the meta table are the same for both.
 
     ``cfg.workers == 0`` starts a local Ray with every CPU (an already running Ray is used as it is;
     on a multi-node cluster ``out_dir`` must be on a filesystem every node sees). A folder that already
@@ -342,22 +364,34 @@ def generate(out_dir: Path, cfg: SynthConfig, progress: bool = True, overwrite: 
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
+    if layout not in LAYOUTS:
+        raise ValueError(f"synth layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     check_config(cfg)  # before anything is removed
     out_dir = Path(out_dir)
     written = [out_dir / n for n in (MAT_NAME, META_NAME, TRUTH_NAME, CONFIG_NAME)]
-    if (out_dir / "videos").exists() or any(p.exists() for p in written):
+    folders = [out_dir / d for dirs in _LAYOUT_DIRS.values() for d in dirs]
+    if any(p.exists() for p in folders) or any(p.exists() for p in written):
         if not overwrite:
             raise FileExistsError(f"{out_dir} already holds a synthetic set; pass overwrite=True or pick "
                                   f"another folder")
-        shutil.rmtree(out_dir / "videos", ignore_errors=True)
+        for p in folders:
+            shutil.rmtree(p, ignore_errors=True)
         for p in written:
             p.unlink(missing_ok=True)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    for d in _LAYOUT_DIRS[layout]:
+        (out_dir / d).mkdir(parents=True, exist_ok=True)
     table = sample_labels(cfg)
     specs = _specs(table)
+    if layout == "voxceleb1":  # one raw video per (person, video id), holding its tracks in order
+        by_video: dict[tuple[int, int], list[ClipSpec]] = {}
+        for spec in specs:
+            by_video.setdefault((spec.person, spec.video), []).append(spec)
+        groups = list(by_video.values())
+    else:
+        groups = [[spec] for spec in specs]
     run = _run_serial if cfg.workers == 1 else _run_ray
     with tqdm(total=len(specs), unit="clip", desc="synth", disable=not progress) as bar:
-        logits = run(specs, cfg, str(out_dir / "videos"), bar)
+        logits = run(groups, cfg, str(out_dir), layout, bar)
     write_tables(out_dir, cfg, table, logits)
     return SynthSummary(clips=len(table), people=int(table.person_idx.nunique()),
                         seconds=float(table.duration_s.sum()), out_dir=out_dir,

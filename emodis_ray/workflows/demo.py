@@ -14,11 +14,12 @@ from emodis_ray.config import Config, replace
 DEMO_METHODS = ("mtl", "conf", "gr")  # the baseline, the label-free confusion loss, gradient reversal
 
 
-def run_demo(out: Path, cfg: Config, address: str | None = None) -> dict[str, Path]:
+def run_demo(out: Path, cfg: Config, address: str | None = None, layout: str = "crop") -> dict[str, Path]:
     """Synthetic EmoVox -> manifest -> feature cache -> train MTL, CONF and GR -> evaluate -> report.
 
     Layout under ``out``: ``data/`` (the synthetic set), ``manifest.parquet``, ``cache/``, ``runs/<method>/``,
-    ``report/report.md`` and ``config.yaml``.
+    ``report/report.md`` and ``config.yaml``. ``layout="voxceleb1"`` writes and reads the set as VoxCeleb1 is
+    distributed (face tracks over raw video, wav audio) instead of face crops.
     """
     from emodis_ray.data.ingest import preprocess
     from emodis_ray.data.manifest import write_manifest
@@ -39,15 +40,21 @@ def run_demo(out: Path, cfg: Config, address: str | None = None) -> dict[str, Pa
     runs = [out / "runs" / m for m in DEMO_METHODS]
 
     with ray_session(address):
-        print(f"[1/{steps}] synthetic EmoVox -> {data}")
+        print(f"[1/{steps}] synthetic EmoVox ({layout} layout) -> {data}")
         if (data / "senet50-ferplus-logits.mat").exists():
+            if not (data / ("raw" if layout == "voxceleb1" else "videos")).is_dir():
+                raise ValueError(f"{data} holds a synthetic set in the other layout; give --out another folder")
             print("      exists, kept")
         else:
-            print(f"      {generate(data, cfg.synth)}")
+            print(f"      {generate(data, cfg.synth, layout=layout)}")
 
         print(f"[2/{steps}] manifest (EmoVox label rules) -> {manifest}")
-        df, report = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv",
-                                     data / "videos", cfg.labels)
+        if layout == "voxceleb1":  # face tracks over the raw videos, one wav per track
+            df, report = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv", data / "raw",
+                                         cfg.labels, audio=data / "wav", tracks=data / "txt")
+        else:
+            df, report = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv",
+                                         data / "videos", cfg.labels)
         write_manifest(df, manifest)
         print("      " + report.format().replace("\n", "\n      "))
 

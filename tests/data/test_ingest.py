@@ -124,3 +124,34 @@ def test_max_bad_fraction_aborts_and_keeps_the_good_shards(cluster: None, manife
     assert len(list(root.glob("shard-*.parquet"))) == 5  # every decoded shard kept
     with pytest.raises(CacheMismatch, match="unfinished"):
         find_cache(tmp_path, manifest_hash(read_manifest(manifest)), load_config("tiny").features)
+
+
+def test_face_tracks_over_raw_video_stream_and_cache_alike(cluster: None, tmp_path: Path) -> None:
+    """The VoxCeleb1 layout through Ray Data: streamed rows equal cached rows, and a raw video that is gone costs
+    exactly its own tracks (each listed, reason missing_video), never the other videos' tracks."""
+    from emodis_ray.config import LabelConfig, SynthConfig
+    from emodis_ray.data.sources import emovox_manifest
+    from emodis_ray.synth.generate import generate
+
+    synth = SynthConfig(people=3, clips_per_person=6, videos_per_person=2, size=64, clip_s_min=1.2, clip_s_max=2.0,
+                        short_clip_fraction=0.0, unheard_people=0, workers=1, seed=2)
+    data = tmp_path / "vox1"
+    generate(data, synth, progress=False, layout="voxceleb1")
+    df, _ = emovox_manifest(data / "senet50-ferplus-logits.mat", data / "vox1_meta.csv", data / "raw",
+                            LabelConfig(drop_percentile=0.0), audio=data / "wav", tracks=data / "txt")
+    write_manifest(df, tmp_path / "manifest.parquet")
+    df = read_manifest(tmp_path / "manifest.parquet")
+    cfg = _cfg(max_bad_fraction=0.9)
+    streamed = {r["clip_id"]: r for r in stream_rows(df, None, cfg, max_decoders=2).take_all()}
+    assert sorted(streamed) == sorted(df["clip_id"])
+    gone = df["video_abspath"].iloc[-1]
+    Path(gone).unlink()
+    info = preprocess(tmp_path / "manifest.parquet", tmp_path / "cache", cfg, progress=False, max_decoders=2)
+    lost = sorted(df["clip_id"][df["video_abspath"] == gone])
+    bad = pd.read_csv(info.root / "bad_clips.csv")
+    assert sorted(bad["clip_id"]) == lost and set(bad["reason"]) == {"missing_video"} and len(lost) >= 1
+    cached = cache_rows(info, None).take_all()
+    assert len(cached) == len(df) - len(lost)
+    for r in cached:
+        s = streamed[r["clip_id"]]
+        assert r["faces"] == s["faces"] and r["audio"] == s["audio"] and r["n_segments"] == s["n_segments"]

@@ -470,3 +470,28 @@ def test_manifest_hash(valid: pd.DataFrame):
     changed = valid.copy()
     changed.loc[0, "emotion"] = "sadness"
     assert manifest_hash(changed) != h
+
+
+def test_face_tracks_enter_the_hash_and_older_manifests_read(valid: pd.DataFrame, tmp_path: Path):
+    """A crop-layout manifest keeps the hash it had before ``track_path`` existed (so its feature cache stays
+    valid), a manifest written without the column reads as all null, and a row's track file enters the hash."""
+    import hashlib
+    import json
+
+    old_columns = ("clip_id", "video_path", "audio_path", "speaker", "speaker_idx", "emotion", "emotion_idx",
+                   "split", "video_id")  # the hash as computed before face tracks were read
+    rows = sorted(json.dumps([None if v is None or (isinstance(v, float) and np.isnan(v))
+                              else (int(v) if isinstance(v, (int, np.integer)) else str(v)) for v in r])
+                  for r in valid.loc[:, list(old_columns)].itertuples(index=False, name=None))
+    before = hashlib.sha256("".join(r + "\n" for r in rows).encode()).hexdigest()[:16]
+    assert valid["track_path"].isna().all() and manifest_hash(valid) == before
+    with_track = valid.copy()
+    with_track.loc[0, "track_path"] = "../txt/id1/v/00001.txt"
+    assert manifest_hash(with_track) != before
+    out = tmp_path / "m.parquet"
+    write_manifest(valid, out)
+    table = pq.read_table(out)
+    pq.write_table(table.drop(["track_path"]), out)  # as an older version wrote it
+    back = read_manifest(out)
+    assert back["track_path"].isna().all() and back["track_abspath"].isna().all()
+    assert manifest_hash(back) == before

@@ -73,7 +73,7 @@ def test_decode_udf_reports_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
     udf = data.DecodeClips.__new__(data.DecodeClips)
     udf.decoder, udf.log = Broken(), None
     batch = pd.DataFrame({"clip_id": ["a", "b"], "split": "train", "emotion_idx": 0, "speaker_idx": 0,
-                          "video_abspath": ["/x/a.mp4", "/x/b.mp4"], "audio_abspath": None})
+                          "video_abspath": ["/x/a.mp4", "/x/b.mp4"], "audio_abspath": None, "track_abspath": None})
     out = udf(batch)
     assert isinstance(out, pa.Table) and out.num_rows == 0
     assert len(calls) == 1 and calls[0][:2] == (0, 2) and calls[0][2] >= 0
@@ -129,7 +129,7 @@ def test_metrics_reach_the_node_endpoint(cluster: LocalCluster, tmp_path: Path,
     names = ["good0", "good1", "bad"]
     rows = pd.DataFrame({"clip_id": names, "split": "train", "emotion_idx": 0,
                          "speaker_idx": 0, "video_abspath": [str(tmp_path / f"{n}.mp4") for n in names],
-                         "audio_abspath": None, "speaker": "s", "emotion": "neutral"})
+                         "audio_abspath": None, "track_abspath": None, "speaker": "s", "emotion": "neutral"})
     cfg = replace(load_config("tiny"), data={"decode_timeout_s": 30.0})
 
     ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False)

@@ -58,23 +58,43 @@ def _score(metric: ProbeMetric, y: np.ndarray, yhat: np.ndarray, num_classes: in
     return macro_f1(y, yhat, num_classes) if metric == "f1" else accuracy(y, yhat)
 
 
+def map_scores(counts: np.ndarray, maps: np.ndarray, metric: ProbeMetric = "f1") -> np.ndarray:
+    """The score of each group -> class map in ``maps`` [M, G] on the clips counted in ``counts`` [G, K] (clips
+    of group g and class k), every clip of a group given its group's class: macro-F1 over all K classes (a class
+    neither present nor predicted counts 0, as in :func:`~emodis_ray.core.scores.macro_f1`) or accuracy. Exact,
+    from the counts alone, so thousands of maps cost what one call of sklearn's scorer does."""
+    counts, maps = np.asarray(counts, np.float64), np.atleast_2d(np.asarray(maps, np.int64))
+    k = counts.shape[1]
+    tp = np.zeros((len(maps), k))  # [M, K] clips of class c given c
+    pred = np.zeros((len(maps), k))  # [M, K] clips given c
+    for g in range(counts.shape[0]):
+        given = maps[:, g, None] == np.arange(k)  # [M, K]
+        tp += given * counts[g]
+        pred += given * counts[g].sum()
+    if metric == "acc":
+        return tp.sum(1) / max(1.0, counts.sum())
+    denom = pred + counts.sum(0)  # [M, K] predicted + true
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1.mean(1)
+
+
 def prior_map(groups: np.ndarray, labels: np.ndarray, num_classes: int, metric: ProbeMetric = "f1") -> dict[int, int]:
     """The map group -> class that scores best on (``groups``, ``labels``) when every clip of a group is given
     its group's class. For accuracy that is each group's majority; for macro-F1 every map is tried when there
-    are at most :data:`EXHAUSTIVE_MAPS`, else coordinate ascent starts from the lift rule (argmax p(c | g) / p(c))
-    and changes one group at a time while the score rises."""
+    are at most :data:`EXHAUSTIVE_MAPS` (the first best in ``itertools.product`` order), else coordinate ascent
+    starts from the lift rule (argmax p(c | g) / p(c)) and changes one group at a time while the score rises."""
     groups, labels = np.asarray(groups), np.asarray(labels, dtype=np.int64)
     keys = np.unique(groups)
     counts = np.stack([np.bincount(labels[groups == g], minlength=num_classes) for g in keys])  # [G, K]
     if metric == "acc":
         return {int(g): int(c) for g, c in zip(keys, counts.argmax(1), strict=True)}
-    code = np.searchsorted(keys, groups)  # [N] group index of each clip
 
     def score(assign: Sequence[int]) -> float:
-        return macro_f1(labels, np.asarray(assign)[code], num_classes)
+        return float(map_scores(counts, np.asarray([assign]))[0])
 
     if num_classes ** len(keys) <= EXHAUSTIVE_MAPS:
-        best = max(itertools.product(range(num_classes), repeat=len(keys)), key=score)
+        maps = np.asarray(list(itertools.product(range(num_classes), repeat=len(keys))), np.int64)  # [M, G]
+        best = maps[int(np.argmax(np.round(map_scores(counts, maps), 12)))]  # rounded: ties go to the first
         return {int(g): int(c) for g, c in zip(keys, best, strict=True)}
     p_class = counts.sum(0) / counts.sum()
     lift = (counts / counts.sum(1, keepdims=True)) / np.where(p_class > 0, p_class, 1.0)

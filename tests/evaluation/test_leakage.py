@@ -15,6 +15,7 @@ from emodis_ray.evaluation.leakage import (
     above_floor,
     apply_map,
     holdout_split,
+    map_scores,
     measure_direction,
     measure_leakage,
     prior_map,
@@ -60,6 +61,22 @@ def test_prior_floor_coordinate_ascent_matches_exhaustive_search(monkeypatch: py
     monkeypatch.setattr(leakage_mod, "EXHAUSTIVE_MAPS", 1)  # force the lift start + coordinate ascent
     ascent = prior_map(spk, emo, 5, "f1")
     assert sk_f1(emo, apply_map(ascent, spk, 0)) == pytest.approx(sk_f1(emo, apply_map(exhaustive, spk, 0)))
+
+
+def test_map_scores_equal_sklearn_on_the_clips() -> None:
+    """The scores from the count table equal sklearn's on the clips themselves, for thousands of maps,
+    with classes absent from the clips and classes never predicted among them."""
+    rng = np.random.default_rng(0)
+    for groups, k in [(4, 5), (6, 5), (3, 8)]:
+        counts = rng.integers(0, 6, size=(groups, k))
+        counts[:, -1] = 0  # a class no clip has
+        spk, emo = table_clips(counts.tolist())
+        maps = rng.integers(0, k, size=(300, groups))
+        fast = map_scores(counts, maps)
+        slow = [sk_f1(emo, m[spk], k) for m in maps]
+        assert np.allclose(fast, slow, rtol=0, atol=1e-12)
+        acc = map_scores(counts, maps, "acc")
+        assert np.allclose(acc, [np.mean(emo == m[spk]) for m in maps], rtol=0, atol=1e-12)
 
 
 def test_prior_floor_for_accuracy_is_each_groups_majority() -> None:

@@ -2,8 +2,8 @@
 
 The Ray tests share one two-CPU cluster and one tiny data set with its feature cache. Each trial pays Ray
 Train's start-up (about 20 s here), so the searches are small: 4 trials (one made to crash) after an MTL
-baseline, with ASHA on (3 epochs), and a 2-trial search that is interrupted, resumed and then extended by
-one trial.
+baseline, with ASHA on (3 epochs); a 2-trial screen over that baseline's trunk that is interrupted, resumed
+and then extended by one trial; and a two-stage search.
 """
 
 from __future__ import annotations
@@ -333,19 +333,27 @@ class InterruptAfter(tune.Callback):
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(900)
-def test_interrupted_search_resumes_then_extends(data: tuple[Path, Config], tmp_path: Path) -> None:
+@pytest.mark.timeout(600)
+def test_interrupted_search_resumes_then_extends(searched: SearchResult, data: tuple[Path, Config],
+                                                 tmp_path: Path) -> None:
+    """Ctrl+C after the first trial, a resume that runs only the unfinished one, then one trial more. On the
+    default stage 1, the screen, over the trunk of the MTL run the search above trained (seconds per trial)."""
     manifest, cfg = data
     no_crash = "\n".join(ln for ln in SPACE.split("start:")[0].splitlines() if "fail_at_epoch" not in ln)
     (tmp_path / "space.yaml").write_text(no_crash + "\n")
     space, out = load_space(tmp_path / "space.yaml"), tmp_path / "out"
     marker = tmp_path / "interrupted"
-    kw: dict[str, Any] = {"floor": 0.0, "progress": False, "stage1": "train", "top": 0, "seeds": 0}
+    trunk = searched.out / "confirm" / "runs" / "mtl" / "seed7"
+    kw: dict[str, Any] = {"floor": 0.0, "baseline": trunk, "progress": False, "top": 0, "seeds": 0,
+                          "max_concurrent": 1}
     first = run_search(space, manifest, out, cfg, 2, callbacks=[InterruptAfter(str(marker))], **kw)
     assert first.interrupted and marker.exists()
     finished = {r["trial_id"]: Path(r["run"], "result.json").stat().st_mtime_ns
                 for r in first.rows if r["status"] == "completed"}
     assert list(finished) == [marker.read_text()]
+    features = out / "screen" / "trunk_features.npz"
+    assert features.exists()
+    made = features.stat().st_mtime_ns
     with pytest.raises(ValueError, match="--resume"):
         run_search(space, manifest, out, cfg, 2, **kw)
 
@@ -354,7 +362,7 @@ def test_interrupted_search_resumes_then_extends(data: tuple[Path, Config], tmp_
     assert all(r["status"] == "completed" for r in second.rows)
     for tid, mtime in finished.items():  # the finished trial did not run again
         assert Path(out, "runs", tid, "result.json").stat().st_mtime_ns == mtime
-        assert len(Path(out, "runs", tid, "reports.jsonl").read_text().splitlines()) == cfg.train.epochs
+        assert json.loads(Path(out, "runs", tid, "trial.json").read_text())["screen"] is True
 
     third = run_search(space, manifest, out, cfg, 3, resume=True, **kw)
     assert third.new_trials == 1 and len(third.rows) == 3 and {r["round"] for r in third.rows} == {"search", "search-2"}
@@ -362,6 +370,7 @@ def test_interrupted_search_resumes_then_extends(data: tuple[Path, Config], tmp_
     for r in second.rows:
         assert Path(r["run"], "result.json").stat().st_mtime_ns == \
             Path(out, "runs", r["trial_id"], "result.json").stat().st_mtime_ns
+    assert features.stat().st_mtime_ns == made  # the trunk's features were computed once for all three calls
     # the study persisted in optuna.db holds every told trial
     import optuna
 

@@ -15,6 +15,7 @@ Fixed start-ups (Ray Train, Ray Data) weigh more on small sets, so steady per-cl
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -57,10 +58,25 @@ class ScaleBench:
                           f"read, label rules and splits {m['build_s']:.1f} s; written {m['write_s']:.1f} s; "
                           f"read back and validated {m['read_s']:.1f} s; {m['rows']} rows kept; "
                           f"driver peak {m['driver_peak_mb']:.0f} MB"]
+        steps = marginal(self.sizes)
+        if steps:
+            lines += ["", "marginal ms per added clip (the fixed start-ups cancel out):"]
+            lines += [f"  {a:>5} -> {b:>5}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()) for a, b, m in steps]
         if self.ratios:
             lines += ["", "ratios, largest / smallest size (target <= 1.3): "
                       + ", ".join(f"{k} = {v:.2f}" for k, v in self.ratios.items())]
         return "\n".join(lines)
+
+
+def marginal(sizes: Sequence[dict[str, Any]]) -> list[tuple[int, int, dict[str, float]]]:
+    """Between consecutive sizes, the ms each added clip cost per stage and in the whole pipeline: what the
+    growth costs once every fixed start-up is paid (flat cost per clip = the same figure at every step)."""
+    out = []
+    for lo, hi in itertools.pairwise(sizes):
+        dn = hi["clips"] - lo["clips"]
+        m = {k: 1e3 * (hi["seconds"][k] - lo["seconds"][k]) / dn for k in STAGES}
+        out.append((lo["clips"], hi["clips"], {**m, "pipeline": sum(m.values())}))
+    return out
 
 
 class PeakSampler:
@@ -231,6 +247,9 @@ def bench_scale(sizes: Sequence[int], cfg: Config, workdir: Path, metadata_entri
     if len(res.sizes) > 1:
         lo, hi = res.sizes[0], res.sizes[-1]
         res.ratios = {k: hi["ms_per_clip"][k] / lo["ms_per_clip"][k] for k in ("pipeline", *STAGES, "train_steady")}
+        steps = marginal(res.sizes)
+        res.ratios["marginal_pipeline"] = steps[-1][2]["pipeline"] / steps[0][2]["pipeline"] if len(steps) > 1 \
+            else math.nan
         res.ratios["driver_peak"] = hi["driver_peak_mb"] / lo["driver_peak_mb"]
         res.ratios["worker_peak"] = hi["worker_peak_mb"] / lo["worker_peak_mb"]
     return res

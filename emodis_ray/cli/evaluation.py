@@ -29,9 +29,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="leakage probes, chance levels, bootstrap intervals for trained runs",
         description="For each RUN: embeddings of train/val/test from the frozen model (Ray Data batch inference), "
                     "one-hidden-layer MLP probes (emotion macro-F1 from the speaker embedding, identity accuracy "
-                    "from the emotion embedding; trained on train, early-stopped on val, scored on test), chance "
-                    "levels from the test priors, the leakage score, bootstrap 95% intervals and the emotion "
-                    "confusion matrix. Writes RUN/evaluation.json, evaluation.md, predictions.parquet, confusion.png.")
+                    "from the emotion embedding; trained on train, early-stopped on train rows held out for them, "
+                    "scored on test), chance levels from the test priors, the leakage score, bootstrap 95% intervals "
+                    "and the emotion confusion matrix. Writes RUN/evaluation.json, evaluation.md, predictions.parquet, "
+                    "confusion.png.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by `emodis train`")
     p.add_argument("--manifest", help="manifest to evaluate on (default: the one the run trained on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emodis_ray.bench.scale import STAGES, PeakSampler, ScaleBench, metadata_manifest, scaled_synth
+from emodis_ray.bench.scale import STAGES, PeakSampler, ScaleBench, marginal, metadata_manifest, scaled_synth
 from emodis_ray.config import load_config
 from emodis_ray.synth.generate import sample_labels
 
@@ -46,13 +46,23 @@ def test_metadata_manifest_builds_writes_and_validates(tmp_path: Path) -> None:
     assert (tmp_path / "manifest.parquet").exists() and not (tmp_path / "videos").exists()
 
 
-def test_report_shows_each_size_and_the_ratios() -> None:
-    def size(n: int, ms: float) -> dict:
-        per = {k: ms for k in (*STAGES, "synth", "train_steady")} | {"pipeline": 4 * ms}
-        return {"clips": n, "ms_per_clip": per, "driver_peak_mb": 500.0, "worker_peak_mb": 800.0,
-                "store_peak_mb": 10.0}
+def size(n: int, ms: float, fixed_s: float = 0.0) -> dict:
+    """A measured size whose every stage costs ``fixed_s`` plus ``ms`` per clip."""
+    per = {k: ms + 1e3 * fixed_s / n for k in (*STAGES, "synth", "train_steady")}
+    return {"clips": n, "ms_per_clip": per | {"pipeline": sum(per[k] for k in STAGES)},
+            "seconds": {k: fixed_s + ms * n / 1e3 for k in STAGES}, "driver_peak_mb": 500.0,
+            "worker_peak_mb": 800.0, "store_peak_mb": 10.0}
 
-    res = ScaleBench(cpus=2, config="x", sizes=[size(500, 10.0), size(8000, 12.0)],
-                     ratios={"pipeline": 1.2})
+
+def test_marginal_cost_cancels_the_fixed_start_ups() -> None:
+    steps = marginal([size(500, 10.0, fixed_s=30.0), size(2000, 10.0, fixed_s=30.0), size(8000, 10.0, 30.0)])
+    assert [(a, b) for a, b, _ in steps] == [(500, 2000), (2000, 8000)]
+    for _, _, m in steps:  # 10 ms per clip and stage, whatever the start-ups
+        assert m["preprocess"] == pytest.approx(10.0) and m["pipeline"] == pytest.approx(10.0 * len(STAGES))
+
+
+def test_report_shows_each_size_and_the_ratios() -> None:
+    res = ScaleBench(cpus=2, config="x", sizes=[size(500, 10.0), size(8000, 12.0)], ratios={"pipeline": 1.2})
     text = res.format()
     assert "    500" in text and "   8000" in text and "pipeline = 1.20" in text
+    assert "500 ->  8000" in text

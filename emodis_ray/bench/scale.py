@@ -8,8 +8,9 @@ videos per person with the same people, so the model, its heads and the probes s
 is only the data (docs/design.md §9). A second part builds the manifest of a metadata-only EmoVox table of
 150k clips (no videos) and validates it, timing each step.
 
-The figure to read is the pipeline's time per clip at the largest size over the smallest (target <= 1.3x).
-Fixed start-ups (Ray Train, Ray Data) weigh more on small sets, so steady per-clip rates are shown beside it.
+The ratio of the pipeline's time per clip at the largest size to the smallest (target <= 1.3x) flatters growth:
+fixed start-ups (Ray Train, Ray Data) weigh most on the smallest set. The figure to read is the marginal cost of
+an added clip between consecutive sizes (:func:`marginal`), where the start-ups cancel out.
 """
 
 from __future__ import annotations
@@ -141,9 +142,9 @@ def scaled_synth(base: SynthConfig, clips: int) -> SynthConfig:
     per_person = base.clips_per_person + base.heard_clips_per_person
     f = clips / (base.people * per_person)
     return dataclasses.replace(base, clips_per_person=max(6, round(base.clips_per_person * f)),
-                   heard_clips_per_person=round(base.heard_clips_per_person * f),
-                   videos_per_person=max(base.videos_per_person if f >= 1 else 6,
-                                         round(base.videos_per_person * f)))
+                               heard_clips_per_person=round(base.heard_clips_per_person * f),
+                               videos_per_person=max(base.videos_per_person if f >= 1 else 6,
+                                                     round(base.videos_per_person * f)))
 
 
 @contextmanager

@@ -131,6 +131,10 @@ class FeatureConfig(_Checked):
     # pixel boxes were measured on frames of this height (docs/design.md §3.1)
     face_margin: Annotated[float, Range(ge=0, le=2)] = 0.0
     track_ref_height: Count = 360
+    # how the feature cache stores faces: JPEG at this quality (~9x smaller at the paper's 224 px), or raw
+    # uint8 (tiny faces, where decoding would cost more than the bytes saved); streaming always stays raw
+    face_codec: Literal["jpeg", "raw"] = "jpeg"
+    face_quality: Annotated[int, Range(ge=1, le=100)] = 90
 
     def relations(self) -> list[tuple[str, bool, str]]:
         return [("hop_s", self.hop_s <= self.segment_s,
@@ -151,6 +155,7 @@ class DataConfig(_Checked):
     decode_timeout_s: Positive = 60.0
     decode_retries: Index = 1
     rows_per_shard: Count = 256
+    row_group_mb: Positive = 64.0  # a Parquet row group of the cache holds at most this many MB (one clip may exceed)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ On the same synthetic clips of the paper's shape (12 s, 224x224, 25 fps, AAC aud
   (b1) the same clips stored as VoxCeleb1 is (face tracks over raw 796x448 videos at 30 fps, wav audio): all
        tracks of a raw video decoded in one call, on one thread;
   (c) the Ray Data streaming pipeline on all CPUs;
-  (d) reading the feature cache into model tensors (what every later epoch and trial pays).
+  (d) reading the feature cache (JPEG faces at the paper preset's quality) through Ray Data into one consumer
+      that collates model tensors, faces decoded there (what every later epoch and trial pays);
+  (e) bytes per clip in the cache: the first format (every segment's log-mel, raw faces) against one row per
+      clip (the log-mel once) with raw faces and with JPEG faces at two qualities, and the cost of decoding
+      each in the training worker (collate, one thread);
+  (f) what one GPU would need: training FLOPs per clip counted from the model (``flops_per_clip``, x3 for
+      forward + backward) at a stated peak and MFU, and the ratio of (d) to it.
 Plus the peak RSS of a decode worker and its RSS growth over a soak of many clip decodes.
 """
 
@@ -23,9 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from emodis_ray.config import Config, SynthConfig, load_config, replace
+from emodis_ray.config import Config, FeatureConfig, SynthConfig, load_config, replace
 
 
 @dataclass
@@ -41,6 +48,12 @@ class IngestBench:
     ray_startup_s: float = 0.0
     cache_first_batch_s: float = 0.0  # fixed cost of each pass over the cache
     soak: dict[str, Any] = field(default_factory=dict)
+    bytes_per_clip: dict[str, float] = field(default_factory=dict)  # (e): mean over the clips
+    train_gflop_per_clip: float = 0.0  # (f): forward + backward, counted on the paper model
+    gpu: str = "H100 SXM, bf16 dense peak 989 TFLOP/s"
+    gpu_peak_tflops: float = 989.0
+    mfu: float = 0.3
+    gpu_need_clips_per_s: float = 0.0
 
     def format(self) -> str:
         lines = [f"ingest benchmark: {self.clips} clips of {self.clip_shape}, {self.cpus} CPUs; "
@@ -60,6 +73,22 @@ class IngestBench:
             for k, v in self.ratios.items())]
         lines.append(f"ray.init {self.ray_startup_s:.1f} s; each pass over the cache starts in "
                      f"{self.cache_first_batch_s:.1f} s (first batch), then streams at the rate above")
+        if self.bytes_per_clip:
+            b, ms = self.bytes_per_clip, self.per_clip_ms
+            lines += ["", f"{'(e) cache format':<44}{'MB/clip':>10}{'collate ms':>12}"]
+            for k, name in (("v1", "first format: per-segment log-mel, raw"),
+                            ("raw", "one row per clip, raw faces"),
+                            ("jpeg90", "one row per clip, JPEG q90 (default)"),
+                            ("jpeg75", "one row per clip, JPEG q75")):
+                col = f"{ms['collate_' + k]:>12.1f}" if "collate_" + k in ms else f"{'':>12}"
+                lines.append(f"    {name:<40}{b[k] / 1e6:>10.3f}{col}")
+        if self.gpu_need_clips_per_s:
+            d = self.clips_per_s.get("d_steady", 0.0)
+            lines += ["", f"(f) one GPU ({self.gpu}) at {self.mfu:.0%} MFU trains "
+                          f"{self.gpu_need_clips_per_s:.0f} clips/s ({self.train_gflop_per_clip:.0f} GFLOP per "
+                          f"training clip); (d) delivers {d:.1f} clips/s into one consumer here: "
+                          f"{d / self.gpu_need_clips_per_s:.3f} of the need, so about "
+                          f"{self.gpu_need_clips_per_s / max(d, 1e-9):.0f} such consumers per GPU"]
         if self.soak:
             s = self.soak
             lines.append(f"soak: {s['decodes']} decodes in {s['workers']} workers; peak RSS per worker "
@@ -121,6 +150,47 @@ def soak(paths: list[str], cfg: Config, decodes: int, workers: int) -> dict[str,
             "growth_mb": max(o["growth"] for o in out) / 2**20}
 
 
+def cache_bytes(segs: list[Any], cfg: FeatureConfig) -> dict[str, float]:
+    """(e): mean bytes of payload per clip in each cache format."""
+    from emodis_ray.data.rows import to_features
+
+    def payload(row: dict[str, Any]) -> int:
+        return sum(len(v) for v in row.values() if isinstance(v, bytes))
+
+    out = {"v1": float(np.mean([s.audio.size * 2 + s.faces.nbytes + 8 * len(s.frame_index) for s in segs]))}
+    for name, codec, q in (("raw", "raw", 90), ("jpeg90", "jpeg", 90), ("jpeg75", "jpeg", 75)):
+        f = replace_features(cfg, face_quality=q)
+        out[name] = float(np.mean([payload(to_features(s, f, codec)) for s in segs]))
+    return out
+
+
+def replace_features(cfg: FeatureConfig, **changes: Any) -> FeatureConfig:
+    return FeatureConfig(**{**asdict(cfg), **changes})
+
+
+def collate_ms(segs: list[Any], cfg: FeatureConfig, codec: str, quality: int, batch_size: int) -> float:
+    """(e): ms per clip to collate rows of this codec into training tensors (crop, log-mel cut, face decode)."""
+    from emodis_ray.data.rows import collate, to_row
+
+    f = replace_features(cfg, face_quality=quality)
+    rows = [to_row(f"c{i}", "train", 0, 0, s, f, codec) for i, s in enumerate(segs)]
+    batches = [{k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]} for i in range(0, len(rows), batch_size)]
+    return 1e3 * _time_per_clip(lambda b: collate(b, f, train=True, seed=0, epoch=1), batches, repeat=3) \
+        * len(batches) / len(rows)
+
+
+def train_gflop_per_clip(cfg: Config, segs: Any, num_speakers: int) -> float:
+    """(f): forward FLOPs of the model on one collated clip (``flops_per_clip``), x3 for a training step."""
+    from emodis_ray.core.checkpoint import model_kwargs_of
+    from emodis_ray.core.loop import to_device
+    from emodis_ray.core.model import build_model, flops_per_clip
+    from emodis_ray.data.rows import collate, to_row
+
+    row = to_row("c", "train", 0, 0, segs, cfg.features)
+    batch = to_device(collate({k: [v] for k, v in row.items()}, cfg.features, train=False), "cpu")
+    return 3 * flops_per_clip(build_model(**model_kwargs_of(cfg, num_speakers)), batch) / 1e9
+
+
 def _raw_video_per_clip(data: Path, synth: SynthConfig, df: pd.DataFrame, cfg: Config, progress: bool) -> float:
     """Seconds per clip to decode the manifest's clips from the VoxCeleb1 layout of the same synthetic set, each
     raw video's tracks in one :func:`~emodis_ray.data.rawvideo.extract_video_tracks` call (as ingest groups them)."""
@@ -147,7 +217,7 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     import ray
     import torch
 
-    from emodis_ray.data.features import extract_clip
+    from emodis_ray.data.features import extract_clip, extract_segments
     from emodis_ray.data.ingest import preprocess, stream_rows
     from emodis_ray.data.manifest import read_manifest, write_manifest
     from emodis_ray.data.rows import collate
@@ -182,6 +252,18 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     say("(b1) the same clips as face tracks over raw video (VoxCeleb1 layout), one thread ...")
     res.per_clip_ms["b_raw"] = 1e3 * _raw_video_per_clip(work / "data-vox1", synth, df, cfg, progress)
 
+    say("(e) bytes per clip in the cache, and collating them in the worker, one thread ...")
+    segs = [extract_segments(p, None, cfg.features) for p in paths]
+    res.bytes_per_clip = cache_bytes(segs, cfg.features)
+    bs = cfg.data.batch_size
+    res.per_clip_ms["collate_raw"] = collate_ms(segs, cfg.features, "raw", 90, bs)
+    res.per_clip_ms["collate_jpeg90"] = collate_ms(segs, cfg.features, "jpeg", 90, bs)
+    res.per_clip_ms["collate_jpeg75"] = collate_ms(segs, cfg.features, "jpeg", 75, bs)
+    say("(f) training FLOPs per clip of the paper model ...")
+    res.train_gflop_per_clip = train_gflop_per_clip(cfg, segs[0], people)
+    res.gpu_need_clips_per_s = res.mfu * res.gpu_peak_tflops * 1e3 / res.train_gflop_per_clip
+    del segs
+
     # (c) and (d) run over `rows` clip decodes: the clips repeated under new ids, so that start-up
     # (actors, an epoch's planning) is amortised as in a real epoch of thousands of clips.
     copies = max(1, -(-rows // len(df)))
@@ -209,15 +291,21 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
         say("(d) feature cache -> tensors ...")
         info = preprocess(work / "manifest_rows.parquet", work / "cache", cfg, progress=False)
 
-        # An epoch over the cache, made long (its shards listed `passes` times) so that the fixed cost
+        # An epoch over the cache, made long (its parts listed `passes` times) so that the fixed cost
         # of starting a Ray Data execution (~1-2 s, reported apart) is amortised as in a real epoch.
-        from emodis_ray.data.rows import ROW_SCHEMA
+        import pyarrow.parquet as pq
 
-        # (Ray Data reads a path listed twice once, so each pass reads hard links of the shards.)
-        passes = 8
+        from emodis_ray.data.rows import FEATURE_SCHEMA
+
+        # (Ray Data reads a path listed twice once, so each pass reads hard links of the parts.)
+        # The cache is keyed by clip: the repeated ids share their 16 clips' rows, so the passes make up the
+        # same number of clip reads as (c) decodes, 8 times over.
+        parts = info.parts()
+        cached = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        passes = max(1, 8 * len(big) // cached)
         files = []
         for k in range(passes):
-            for p in info.shards():
+            for p in parts:
                 link = work / "passes" / f"{k}-{p.name}"
                 link.parent.mkdir(exist_ok=True)
                 if not link.exists():
@@ -226,8 +314,10 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
 
         def read_cache(k: int) -> tuple[int, float]:
             m, t_first, t0 = 0, 0.0, time.perf_counter()
-            ds = ray.data.read_parquet(files[: k * len(info.shards())], schema=ROW_SCHEMA)
+            ds = ray.data.read_parquet(files[: k * len(parts)], schema=FEATURE_SCHEMA)
             for batch in ds.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy"):
+                n = len(batch["clip_key"])  # labels play no part in the cost: zeros stand in for the join
+                batch = {**batch, "clip_id": batch["clip_key"], "emotion": np.zeros(n), "speaker": np.zeros(n)}
                 m += len(collate(batch, cfg.features, train=True, seed=0, epoch=0)["clip_id"])
                 t_first = t_first or time.perf_counter() - t0
             return m, t_first
@@ -236,18 +326,22 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
         t0 = time.perf_counter()
         m, res.cache_first_batch_s = read_cache(passes)
         total = time.perf_counter() - t0
-        assert m == passes * len(big)
+        assert m == passes * cached, f"read {m} clips, expected {passes} x {cached}"
         res.per_clip_ms["d"] = 1e3 * total / m
         # after the first batch: what a long epoch streams at
         res.per_clip_ms["d_steady"] = 1e3 * (total - res.cache_first_batch_s) / max(1, m - cfg.data.batch_size)
 
     for k, ms in res.per_clip_ms.items():
+        if k.startswith("collate_"):
+            continue
         res.clips_per_s[k] = 1e3 / ms
         res.clips_per_s_per_core[k] = res.clips_per_s[k] / (res.cpus if k in ("c", "c_e2e") else 1)
     cps = res.clips_per_s
     res.ratios = {"b/a": cps["b"] / cps["a"], "b/a0": cps["b"] / cps["a_raw"], "b_raw/b": cps["b_raw"] / cps["b"],
                   "c/b": cps["c"] / cps["b"],
-                  "d/b": cps["d"] / cps["b"], "d_steady/b": cps["d_steady"] / cps["b"]}
+                  "d/b": cps["d"] / cps["b"], "d_steady/b": cps["d_steady"] / cps["b"],
+                  "jpeg90/v1 bytes": res.bytes_per_clip["jpeg90"] / res.bytes_per_clip["v1"],
+                  "d_steady/gpu_need": cps["d_steady"] / res.gpu_need_clips_per_s}
     if soak_decodes:
         say(f"soak: {soak_decodes} clip decodes ...")
         res.soak = soak(paths, cfg, soak_decodes, workers=res.cpus)

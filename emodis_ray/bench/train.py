@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emodis_ray.config import Config, replace
+
+if TYPE_CHECKING:
+    from emodis_ray.data.cache import CacheView
 
 
 @dataclass
@@ -58,7 +61,7 @@ def _median(xs: list[float]) -> float:
     return float(np.median(xs)) if xs else float("nan")
 
 
-def pure_loop(cache_root: Path, cfg: Config, num_speakers: int, workdir: Path,
+def pure_loop(view: CacheView, cfg: Config, num_speakers: int, workdir: Path,
               progress: bool = True) -> dict[str, Any]:
     """The per-worker loop without Ray: same rows, batch size, collate, method, validation, checkpoint."""
     import pyarrow as pa
@@ -70,8 +73,11 @@ def pure_loop(cache_root: Path, cfg: Config, num_speakers: int, workdir: Path,
     from emodis_ray.core.model import build_model
     from emodis_ray.data.rows import collate
 
-    table = pa.concat_tables([pq.read_table(p) for p in sorted(cache_root.glob("shard-*.parquet"))])
-    cols = table.to_pydict()
+    table = pa.concat_tables([pq.read_table(p) for p in view.parts()])
+    feats = dict(zip(table["clip_key"].to_pylist(), range(table.num_rows), strict=True))
+    labels = view.labels[view.labels["clip_key"].isin(set(feats))]
+    table = table.take(pa.array([feats[k] for k in labels["clip_key"]], pa.int64()))  # one row per manifest row
+    cols = {**table.to_pydict(), **{c: labels[c].tolist() for c in ("clip_id", "split", "emotion", "speaker")}}
     split = np.asarray(cols["split"])
     idx = {s: np.flatnonzero(split == s) for s in ("train", "val")}
     seed, bs = cfg.train.seed, cfg.data.batch_size
@@ -153,7 +159,7 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                res.runs["pure"] = pure_loop(info.root, cfg, num_speakers, work, progress)
+                res.runs["pure"] = pure_loop(info, cfg, num_speakers, work, progress)
             finally:
                 torch.set_num_threads(threads)
             for workers in (1, 2):

@@ -28,8 +28,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "ingest", help="decode limit vs our features vs Ray Data vs the feature cache",
         description="On synthetic clips of the paper's shape (12 s, 224x224, 25 fps, AAC audio), measure in one "
                     "run: (a) PyAV decoding every frame on one thread, (b) our per-clip features on one thread, "
-                    "(c) the Ray Data pipeline on all CPUs, (d) reading the feature cache into tensors; the "
-                    "ratios (b)/(a), (c)/(b), (d)/(b); peak RSS per decode worker and its growth over a soak.")
+                    "(b1) the same clips as face tracks over raw video, (c) the Ray Data pipeline on all CPUs, "
+                    "(d) the JPEG feature cache through Ray Data into one consumer that collates tensors, (e) "
+                    "bytes per clip of each cache format (first format, raw, JPEG q90 and q75) and their collate "
+                    "cost, (f) the clips/s one GPU would train (FLOPs counted from the paper model, H100 bf16 peak, "
+                    "30 % MFU) and (d)'s ratio to it; the ratios (b)/(a), (c)/(b), (d)/(b); peak RSS per decode "
+                    "worker and its growth over a soak.",
+        epilog="example: emodis bench ingest --json ingest.json --workdir /tmp/ingest")
     b.add_argument("--clips", type=int, default=16, help="distinct synthetic clips to write (default: 16)")
     b.add_argument("--rows", type=int, default=96, help="clip decodes in (c) and (d) (default: 96)")
     b.add_argument("--soak", type=int, default=1000, help="clip decodes in the RSS soak (default: 1000; 0: skip)")

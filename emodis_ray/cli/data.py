@@ -153,13 +153,19 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 def add_preprocess(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "preprocess", help="decode every clip once into a sharded feature cache",
-        description="Decode every clip of a manifest once (faces as uint8, log-mel as float16, every segment of "
-                    "the whole clip) into sharded Parquet under OUT/<manifest hash>-<feature hash>/. Training, "
-                    "evaluation and search read it when data.cache_dir points to OUT and it matches the manifest "
-                    "and the feature config; a cache that does not match is never used silently. Interrupted? "
-                    "Run the same command again: finished shards are kept. Bad clips are skipped and listed in "
-                    "bad_clips.csv; more than data.max_bad_fraction of them aborts.")
+        "preprocess", help="decode every clip once into the feature cache (keyed by clip)",
+        description="Decode every clip of a manifest once into a feature cache keyed by clip: OUT/features-<feature "
+                    "hash>/part-*.parquet, one row per clip (the faces as JPEG, or raw with features.face_codec=raw; "
+                    "the clip's log-mel once, as float16), no labels. A clip is known by its files' paths, sizes "
+                    "and modification times, so another manifest over the same clips (a new label rule, new "
+                    "splits) decodes nothing, added clips decode alone and a changed file is decoded again. "
+                    "Training, evaluation and search read it when data.cache_dir points to OUT, joining labels "
+                    "from their manifest; a cache that lacks some of the manifest's clips is never used silently. "
+                    "Interrupted? Run the same command again: finished parts are kept. Bad clips are skipped and "
+                    "listed in bad_clips-<manifest hash>.csv; more than data.max_bad_fraction of them aborts.",
+        epilog="examples:\n  emodis preprocess --manifest demo/manifest.parquet --out demo/cache --config tiny\n"
+               "  emodis preprocess --manifest m.parquet --out cache --config paper --set features.face_quality=75",
+        formatter_class=ExamplesFormatter)
     p.add_argument("--manifest", required=True, help="manifest.parquet")
     p.add_argument("--out", required=True, help="cache folder (one folder can hold caches of several configs)")
     add_address(p)

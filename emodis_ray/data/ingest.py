@@ -7,7 +7,7 @@ Choices (for a node of C CPUs):
   CPUs the training workers leave free — never zero, or Ray Data starves and the job hangs).
 - Batches of 4 clips per actor call: small enough that a slow clip doesn't hold up many others,
   large enough to amortise the per-call overhead (≈1 ms vs 20–150 ms per clip).
-- Output blocks are segment rows (``rows.ROW_SCHEMA``, ~0.1–4 MB per clip). Ray Data's default
+- Output blocks are clip rows (``rows.ROW_SCHEMA``, ~0.05–4 MB per clip). Ray Data's default
   streaming backpressure caps the bytes in flight, so a fast decoder cannot flood the object store.
 - ``preserve_order`` is on: rows reach the trainer in manifest order whatever actor decoded them,
   which makes runs reproducible; shuffling happens in the consumer's local buffer (seeded).
@@ -18,7 +18,9 @@ to ``bad_clips.csv`` and checks ``max_bad_fraction``.
 from __future__ import annotations
 
 import csv
+import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,11 @@ import pyarrow as pa
 import ray
 
 from emodis_ray.config import Config, FeatureConfig
-from emodis_ray.data.cache import CacheInfo, cache_root, find_cache, read_bad, write_shard
+from emodis_ray.data.cache import CacheIndex, CacheView, cache_root, find_cache, manifest_keys, write_part
 from emodis_ray.data.decode import ClipDecoder
 from emodis_ray.data.features import BadClip, ClipSegments
 from emodis_ray.data.manifest import manifest_hash, read_manifest
-from emodis_ray.data.rows import ROW_SCHEMA, to_row
+from emodis_ray.data.rows import FEATURE_SCHEMA, LABEL_FIELDS, ROW_SCHEMA, to_features, to_row
 from emodis_ray.runtime.session import decoder_count
 from emodis_ray.runtime.telemetry import record_ingest
 
@@ -61,9 +63,9 @@ class BadClipLog:
         return self.bad, self.good
 
 
-def _decode_rows(decoder: ClipDecoder, batch: pd.DataFrame) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Decode a batch of manifest rows, in order. Face tracks of one raw video go to the decoder in one call
-    (one open, one frame read); face-crop clips one at a time."""
+def _decode(decoder: ClipDecoder, batch: pd.DataFrame) -> list[tuple[Any, ClipSegments | BadClip]]:
+    """Decode a batch of manifest rows, in order: (row, segments or the reason it failed). Face tracks of one
+    raw video go to the decoder in one call (one open, one frame read); face-crop clips one at a time."""
     results: dict[int, ClipSegments | BadClip] = {}
     records = list(batch.itertuples(index=False))
     by_video: dict[str, list[int]] = {}
@@ -79,13 +81,22 @@ def _decode_rows(decoder: ClipDecoder, batch: pd.DataFrame) -> tuple[list[dict[s
     for video, idx in by_video.items():
         got = decoder.tracks(video, [(records[i].track_abspath, records[i].audio_abspath) for i in idx])
         results.update(zip(idx, got, strict=True))
+    return [(r, results[i]) for i, r in enumerate(records)]
+
+
+def _bad_record(r: Any, e: BadClip, key: str | None = None) -> dict[str, str]:
+    return {**({"clip_key": key} if key else {"clip_id": r.clip_id}), "reason": e.reason, "detail": e.detail}
+
+
+def _decode_rows(decoder: ClipDecoder, batch: pd.DataFrame,
+                 cfg: FeatureConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Streaming: rows with labels and raw faces, and the bad clips by clip id."""
     rows, bad = [], []
-    for i, r in enumerate(records):
-        res = results[i]
+    for r, res in _decode(decoder, batch):
         if isinstance(res, BadClip):
-            bad.append({"clip_id": r.clip_id, "reason": res.reason, "detail": res.detail})
+            bad.append(_bad_record(r, res))
         else:
-            rows.append(to_row(r.clip_id, r.split, r.emotion_idx, r.speaker_idx, res))
+            rows.append(to_row(r.clip_id, r.split, r.emotion_idx, r.speaker_idx, res, cfg))
     return rows, bad
 
 
@@ -93,12 +104,13 @@ class DecodeClips:
     """Ray Data UDF: a batch of manifest rows -> a batch of segment rows (bad clips dropped, reported)."""
 
     def __init__(self, features: dict[str, Any], timeout_s: float, retries: int, log: Any) -> None:
-        self.decoder = ClipDecoder(FeatureConfig(**features), timeout_s, retries)
+        self.cfg = FeatureConfig(**features)
+        self.decoder = ClipDecoder(self.cfg, timeout_s, retries)
         self.log = log
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         t0 = time.perf_counter()
-        rows, bad = _decode_rows(self.decoder, batch)
+        rows, bad = _decode_rows(self.decoder, batch, self.cfg)
         record_ingest(len(rows), len(bad), time.perf_counter() - t0)  # no-op outside Ray
         if self.log is not None:
             self.log.report.remote(bad, len(rows))  # fire and forget
@@ -130,31 +142,71 @@ def stream_rows(manifest: pd.DataFrame, split: str | None, cfg: Config, log: Any
     )
 
 
-def cache_rows(info: CacheInfo, split: str | None, materialize: bool | None = None) -> ray.data.Dataset:
-    """Segment rows of one split read back from a complete feature cache.
+def _join_labels(batch: pa.Table, labels: Any) -> pa.Table:
+    """Ray Data UDF: feature rows (with the ``path`` of their part) -> rows with the manifest's labels, one per
+    manifest row of the clip; rows of clips the manifest does not ask for here, or read from a second copy of
+    a clip (two preprocess runs at once), are dropped."""
+    table = _labels(labels)
+    keys, parts = batch["clip_key"].to_pylist(), [os.path.basename(p) for p in batch["path"].to_pylist()]
+    take: list[int] = []
+    got: list[list[Any]] = []
+    for i, (k, part) in enumerate(zip(keys, parts, strict=True)):
+        for lab in table.get((k, part), ()):
+            take.append(i)
+            got.append(lab)
+    out = batch.select(FEATURE_SCHEMA.names).take(pa.array(take, pa.int64()))
+    cols = list(zip(*got, strict=True)) if got else [[] for _ in LABEL_FIELDS]
+    labels_tbl = pa.table({name: pa.array(c, t) for (name, t), c in zip(LABEL_FIELDS, cols, strict=True)})
+    return pa.Table.from_arrays([*labels_tbl.columns, *out.columns], schema=ROW_SCHEMA)
 
-    Each pass over a Ray Data read pays a fixed start-up (planning, read tasks: about 1-2 s here).
-    A cache small enough to sit in a quarter of the object store is therefore materialised once
-    (``materialize=None``, the default) and every epoch then iterates it from memory.
+
+_LABELS: dict[str, dict[tuple[str, str], list[tuple[str, str, int, int]]]] = {}
+
+
+def _labels(ref: Any) -> dict[tuple[str, str], list[tuple[str, str, int, int]]]:
+    """The label table behind an object ref, fetched once per process."""
+    key = ref.hex()
+    if key not in _LABELS:
+        df: pd.DataFrame = ray.get(ref)
+        table: dict[tuple[str, str], list[tuple[str, str, int, int]]] = {}
+        for r in df.itertuples(index=False):
+            table.setdefault((r.clip_key, r.part), []).append((r.clip_id, r.split, int(r.emotion), int(r.speaker)))
+        _LABELS.clear()
+        _LABELS[key] = table
+    return _LABELS[key]
+
+
+def cache_rows(view: CacheView, split: str | Iterable[str] | None,
+               materialize: bool | None = None) -> ray.data.Dataset:
+    """Rows of one split (or several; all when None) read back from the feature cache, labels joined.
+
+    Only the parts that hold the split's clips are read (preprocess cuts parts per split, so for the manifest
+    that built the cache these hold exactly the split's rows); the label join drops any other clip a part
+    holds. Each pass over a Ray Data read pays a fixed start-up (planning, read tasks: about 1-2 s here), so
+    a split small enough to sit in a quarter of the object store is materialised once (``materialize=None``,
+    the default) and every epoch then iterates it from memory.
     """
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    shards = info.shards()
-    ds = ray.data.read_parquet([str(p) for p in shards], schema=ROW_SCHEMA)
-    if split is not None:
-        ds = ds.filter(expr=f"split == '{split}'")
+    rows = view.rows_of(split)
+    parts = view.parts(split)
+    if not parts:
+        return ray.data.from_arrow(ROW_SCHEMA.empty_table())
+    ds = ray.data.read_parquet([str(p) for p in parts], schema=FEATURE_SCHEMA, include_paths=True)
+    labels = ray.put(rows[["clip_key", "part", "clip_id", "split", "emotion", "speaker"]])
+    ds = ds.map_batches(_join_labels, batch_format="pyarrow", batch_size=None, fn_kwargs={"labels": labels})
     if materialize is None:
-        size = sum(p.stat().st_size for p in shards)
+        size = sum(p.stat().st_size for p in parts)
         materialize = size < 0.25 * ray.available_resources().get("object_store_memory", 0)
     return ds.materialize() if materialize else ds
 
 
 def split_rows(manifest_path: Path, split: str, cfg: Config, log: Any = None,
                max_decoders: int | None = None) -> tuple[ray.data.Dataset, str]:
-    """The rows of a split from the cache when ``data.cache_dir`` is set (it must match), else streamed."""
+    """The rows of a split from the cache when ``data.cache_dir`` is set (it must hold them), else streamed."""
     df = read_manifest(manifest_path)
     if cfg.data.cache_dir:
-        info = find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features)
-        return cache_rows(info, split), f"cache {info.root}"
+        view = find_cache(cfg.data.cache_dir, df, cfg.features)
+        return cache_rows(view, split), f"cache {view.root}"
     return stream_rows(df, split, cfg, log, max_decoders), "streaming decode"
 
 
@@ -177,70 +229,76 @@ def check_bad_fraction(bad: int, total: int, max_fraction: float, where: Path) -
 
 
 @ray.remote(num_cpus=1)
-class ShardWriter:
-    """Holds one sandboxed decoder; writes whole shards."""
+class PartWriter:
+    """Holds one sandboxed decoder; decodes and writes whole parts."""
 
-    def __init__(self, features: dict[str, Any], timeout_s: float, retries: int) -> None:
-        self.decoder = ClipDecoder(FeatureConfig(**features), timeout_s, retries)
+    def __init__(self, features: dict[str, Any], timeout_s: float, retries: int, row_group_mb: float) -> None:
+        self.cfg = FeatureConfig(**features)
+        self.decoder = ClipDecoder(self.cfg, timeout_s, retries)
+        self.row_group_mb = row_group_mb
 
-    def write(self, path: str, rows: pd.DataFrame) -> tuple[int, int]:
+    def write(self, root: str, rows: pd.DataFrame) -> tuple[int, int]:
         t0 = time.perf_counter()
-        good, bad = _decode_rows(self.decoder, rows)
+        good, bad = [], []
+        for r, res in _decode(self.decoder, rows):
+            if isinstance(res, BadClip):
+                bad.append(_bad_record(r, res, r.clip_key))
+            else:
+                good.append(to_features(res, self.cfg, self.cfg.face_codec, r.clip_key))
         record_ingest(len(good), len(bad), time.perf_counter() - t0)
-        write_shard(Path(path), good, bad)
+        write_part(Path(root), good, bad, list(rows["clip_key"]), self.row_group_mb)
         return len(good), len(bad)
 
 
-def preprocess(manifest_path: Path, cache_dir: Path, cfg: Config, progress: bool = True,
-               max_decoders: int | None = None) -> CacheInfo:
-    """Decode every clip of the manifest once into ``cache_dir/<manifest hash>-<feature hash>/``.
+def plan_parts(todo: pd.DataFrame, per: int) -> list[pd.DataFrame]:
+    """Clips to decode -> parts of at most ``per`` clips, each of one split (so a split reads only its parts)."""
+    out = []
+    for _, rows in todo.sort_values(["split", "clip_id"]).groupby("split", sort=True):
+        out += [rows.iloc[i:i + per] for i in range(0, len(rows), per)]
+    return out
 
-    Finished shards are kept: running it again after an interruption decodes only what is missing.
+
+def preprocess(manifest_path: Path, cache_dir: Path, cfg: Config, progress: bool = True,
+               max_decoders: int | None = None) -> CacheView:
+    """Decode every clip of the manifest that the cache does not hold yet into
+    ``cache_dir/features-<feature hash>/``, and return the manifest's view of the cache.
+
+    Clips already decoded (by this manifest or any other) are not decoded again; finished parts of an
+    interrupted run are kept. The manifest's bad clips go to ``bad_clips-<manifest hash>.csv`` in the cache.
     """
     from tqdm import tqdm
 
     df = read_manifest(manifest_path)
-    rows = manifest_rows(df.sort_values("clip_id"), None)
-    per = cfg.data.rows_per_shard
-    n_shards = max(1, -(-len(rows) // per))
-    root = cache_root(cache_dir, manifest_hash(df), cfg.features)
+    root = cache_root(cache_dir, cfg.features)
     root.mkdir(parents=True, exist_ok=True)
-    info = CacheInfo(root, manifest_hash(df), asdict(cfg.features), n_shards)
-    if (root / "cache.json").exists():
-        info = CacheInfo.load(root)
-        info.complete = False
-    info.save()
-    todo = [i for i in range(n_shards) if not info.shard_path(i).exists()]
+    rows = manifest_rows(df, None).assign(clip_key=manifest_keys(df).to_numpy())
+    idx = CacheIndex.load(root)
+    todo = rows[~rows["clip_key"].isin(set(idx.parts) | set(idx.bad))].drop_duplicates("clip_key")
+    parts = plan_parts(todo, cfg.data.rows_per_shard)
     t0 = time.perf_counter()
-    n_workers = max(1, min(len(todo), decoder_count(max_decoders)))
-    writers = [ShardWriter.remote(asdict(cfg.features), cfg.data.decode_timeout_s, cfg.data.decode_retries)
-               for _ in range(n_workers)]
-    pool = ray.util.ActorPool(writers)
-    bar = tqdm(total=len(rows), initial=len(rows) - sum(len(rows[i * per:(i + 1) * per]) for i in todo),
-               unit="clip", desc="preprocess", disable=not progress)
-    for i in todo:
-        pool.submit(lambda a, i: a.write.remote(str(info.shard_path(i)), rows.iloc[i * per:(i + 1) * per]), i)
-    while pool.has_next():
-        good, nbad = pool.get_next_unordered()
-        bar.update(good + nbad)
-    bar.close()
-    for w in writers:
-        ray.kill(w)
-    bad = read_bad(info)
-    write_bad_clips(root / "bad_clips.csv", bad)
-    info.bad = len(bad)
-    info.clips = len(rows) - len(bad)
-    bad_ids = {b["clip_id"] for b in bad}
-    kept = df[~df["clip_id"].isin(bad_ids)]
-    info.splits = {str(k): int(v) for k, v in kept["split"].value_counts().sort_index().items()}
-    check_bad_fraction(len(bad), len(rows), cfg.data.max_bad_fraction, root / "bad_clips.csv")
-    info.complete = True
-    info.save()
-    dt = time.perf_counter() - t0
+    if parts:
+        n_workers = max(1, min(len(parts), decoder_count(max_decoders)))
+        writers = [PartWriter.remote(asdict(cfg.features), cfg.data.decode_timeout_s, cfg.data.decode_retries,
+                                     cfg.data.row_group_mb) for _ in range(n_workers)]
+        pool = ray.util.ActorPool(writers)
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="clip", desc="preprocess",
+                   disable=not progress)
+        for part in parts:
+            pool.submit(lambda a, p: a.write.remote(str(root), p), part)
+        while pool.has_next():
+            good, nbad = pool.get_next_unordered()
+            bar.update(good + nbad)
+        bar.close()
+        for w in writers:
+            ray.kill(w)
+    view = find_cache(cache_dir, df, cfg.features)
+    bad_csv = root / f"bad_clips-{manifest_hash(df)}.csv"
+    write_bad_clips(bad_csv, view.bad)
+    check_bad_fraction(len(view.bad), len(df), cfg.data.max_bad_fraction, bad_csv)
     if progress:
-        print(f"preprocess: {info.clips} clips in {len(info.shards())} shards, {info.bad} bad, "
-              f"{len(todo)} shards decoded in {dt:.1f} s -> {root}")
-    return info
+        print(f"preprocess: {view.clips} clips, {len(view.bad)} bad; {len(todo)} decoded into {len(parts)} parts, "
+              f"{len(rows) - len(todo)} already in the cache, in {time.perf_counter() - t0:.1f} s -> {root}")
+    return view
 
 
 def bad_fraction_of(log: Any, expected: int | None = None, timeout_s: float = 30.0) -> tuple[list[dict[str, str]], int]:

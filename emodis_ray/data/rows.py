@@ -1,47 +1,149 @@
-"""Segment rows: the one format that both the streaming decoder and the feature cache produce.
+"""Clip rows: the one format that both the streaming decoder and the feature cache produce.
 
-A row holds every segment of a whole clip, serialised to bytes (variable length, so clips of any
-duration fit one Arrow schema): log-mel as float16, faces as uint8. The training worker turns a
-batch of rows into model tensors with :func:`collate`, which also does the crop (random in training,
-seeded by (seed, epoch, clip id), so runs are reproducible whichever Ray worker decoded a clip).
-Because streaming and cache build the very same rows, cached tensors equal streamed tensors.
+A row holds one whole clip, serialised to bytes (variable length, so clips of any duration fit one Arrow
+schema):
 
-The feature cache on disk (:mod:`emodis_ray.data.cache`) stores these rows.
+- ``mel``: the clip's log-mel once, float16 ``[n_mels, F]``, covering every segment (segments overlap, so
+  storing them one by one would store most frames twice). Segments are cut from it at collate time.
+- ``faces``: one image per segment, concatenated; ``face_sizes`` gives each one's byte length. The codec
+  is ``raw`` (uint8 ``[C, D, D]``) or ``jpeg``. Streaming produces raw faces; the feature cache encodes
+  them as ``features.face_codec`` says.
+- labels (``clip_id``, ``split``, ``emotion``, ``speaker``): the feature cache does not store them (a clip's
+  features depend only on the clip and the feature config); they are joined from the manifest at read time.
+
+The training worker turns a batch of rows into model tensors with :func:`collate`, which also does the
+crop (random in training, seeded by (seed, epoch, clip id), so runs are reproducible whichever Ray worker
+decoded a clip) and decodes only the faces the crop keeps. Streaming and cache build the very same rows,
+so cached tensors equal streamed tensors (raw faces), or agree within the JPEG error.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from emodis_ray.config import FeatureConfig
-from emodis_ray.data.features import ClipSegments, crop, feature_shapes, num_segments
+from emodis_ray.data.features import ClipSegments, crop_start, feature_shapes, frames_per_segment, num_segments
 
-ROW_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("split", pa.string()), ("emotion", pa.int32()), ("speaker", pa.int32()),
-    ("n_segments", pa.int32()), ("duration_s", pa.float32()),
-    ("audio", pa.binary()), ("faces", pa.binary()), ("frame_index", pa.binary()),
+#: What the feature cache stores per clip: no labels, no split.
+FEATURE_SCHEMA = pa.schema([
+    ("clip_key", pa.string()), ("n_segments", pa.int32()), ("duration_s", pa.float32()),
+    ("mel_frames", pa.int32()), ("mel", pa.large_binary()),
+    ("face_codec", pa.string()), ("faces", pa.large_binary()), ("face_sizes", pa.binary()),
+    ("frame_index", pa.binary()),
 ])
+LABEL_FIELDS = [("clip_id", pa.string()), ("split", pa.string()), ("emotion", pa.int32()), ("speaker", pa.int32())]
+#: What the trainer reads: the features and the labels joined from the manifest.
+ROW_SCHEMA = pa.schema([*LABEL_FIELDS, *FEATURE_SCHEMA])
+CODECS = ("raw", "jpeg")
 
 
-def to_row(clip_id: str, split: str, emotion: int, speaker: int, segs: ClipSegments) -> dict[str, Any]:
+def hop_frames(cfg: FeatureConfig) -> int:
+    """Mel frames between the starts of two segments."""
+    return round(cfg.hop_s * cfg.sample_rate / cfg.hop_length)
+
+
+def whole_mel(segs: ClipSegments, cfg: FeatureConfig) -> np.ndarray:
+    """[S, 1, M, T] segments -> the [M, F] log-mel they were cut from (F = (S-1) * hop + T frames)."""
+    s, t, h = len(segs.frame_index), frames_per_segment(cfg), hop_frames(cfg)
+    mel = np.zeros((cfg.n_mels, (s - 1) * h + t), np.float32)  # [M, F]
+    for i in range(s - 1, -1, -1):  # the earlier segment wins where a zero-padded tail overlaps
+        mel[:, i * h:i * h + t] = segs.audio[i, 0]
+    return mel
+
+
+def cut_segments(mel: np.ndarray, first: int, count: int, cfg: FeatureConfig) -> np.ndarray:
+    """Segments ``first .. first+count-1`` of a whole-clip [M, F] log-mel -> [count, 1, M, T] float32."""
+    t, h = frames_per_segment(cfg), hop_frames(cfg)
+    out = np.zeros((count, 1, mel.shape[0], t), np.float32)  # [count, 1, M, T]
+    for j in range(count):
+        patch = mel[:, (first + j) * h:(first + j) * h + t]
+        out[j, 0, :, :patch.shape[1]] = patch
+    return out
+
+
+def encode_faces(faces: np.ndarray, codec: str, quality: int = 90) -> tuple[bytes, np.ndarray]:
+    """[S, C, D, D] uint8 -> (the images concatenated, [S] int32 byte length of each)."""
+    if codec == "raw":
+        f = np.ascontiguousarray(faces, np.uint8)
+        return f.tobytes(), np.full(len(f), f[0].nbytes if len(f) else 0, np.int32)
+    if codec != "jpeg":
+        raise ValueError(f"features.face_codec: unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    import torch
+    from torchvision.io import encode_jpeg
+
+    encoded = encode_jpeg([torch.from_numpy(np.ascontiguousarray(f)) for f in faces], quality=quality)
+    return b"".join(e.numpy().tobytes() for e in encoded), np.array([e.numel() for e in encoded], np.int32)
+
+
+def decode_faces(blobs: Sequence[tuple[bytes, np.ndarray, str]], picks: Sequence[tuple[int, int]],
+                 shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """For each clip (faces bytes, face sizes, codec) the faces ``first .. first+count-1`` -> [count, C, D, D]
+    uint8. Every JPEG of the batch goes to torchvision's decoder in one call."""
+    out: list[np.ndarray] = []
+    jpegs: list[Any] = []
+    where: list[tuple[int, int]] = []  # (clip, slot) of each JPEG
+    for ci, ((data, sizes, codec), (first, count)) in enumerate(zip(blobs, picks, strict=True)):
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        faces = np.zeros((count, *shape), np.uint8)
+        out.append(faces)
+        if codec == "raw":
+            a, b = offsets[first], offsets[first + count]
+            faces[:] = np.frombuffer(data, np.uint8, count=b - a, offset=a).reshape(count, *shape)
+            continue
+        import torch
+
+        for j in range(count):
+            a, b = offsets[first + j], offsets[first + j + 1]
+            jpegs.append(torch.frombuffer(bytearray(data[a:b]), dtype=torch.uint8))
+            where.append((ci, j))
+    if jpegs:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        mode = ImageReadMode.GRAY if shape[0] == 1 else ImageReadMode.RGB
+        for (ci, j), img in zip(where, decode_jpeg(jpegs, mode=mode), strict=True):
+            out[ci][j] = img.numpy()
+    return out
+
+
+def to_features(segs: ClipSegments, cfg: FeatureConfig, codec: str = "raw", clip_key: str = "") -> dict[str, Any]:
+    """A decoded clip -> the feature fields of a row (:data:`FEATURE_SCHEMA`)."""
+    mel = whole_mel(segs, cfg)
+    faces, sizes = encode_faces(segs.faces, codec, cfg.face_quality)
     return {
-        "clip_id": clip_id, "split": split, "emotion": int(emotion), "speaker": int(speaker),
-        "n_segments": len(segs.frame_index), "duration_s": float(segs.duration_s),
-        "audio": segs.audio.astype(np.float16).tobytes(),
-        "faces": np.ascontiguousarray(segs.faces, np.uint8).tobytes(),
+        "clip_key": clip_key, "n_segments": len(segs.frame_index), "duration_s": float(segs.duration_s),
+        "mel_frames": mel.shape[1], "mel": mel.astype(np.float16).tobytes(),
+        "face_codec": codec, "faces": faces, "face_sizes": sizes.tobytes(),
         "frame_index": segs.frame_index.astype(np.int64).tobytes(),
     }
 
 
+def to_row(clip_id: str, split: str, emotion: int, speaker: int, segs: ClipSegments, cfg: FeatureConfig,
+           codec: str = "raw", clip_key: str = "") -> dict[str, Any]:
+    """A decoded clip and its labels -> one row (:data:`ROW_SCHEMA`)."""
+    return {"clip_id": clip_id, "split": split, "emotion": int(emotion), "speaker": int(speaker),
+            **to_features(segs, cfg, codec, clip_key)}
+
+
+def _mel_of(row: dict[str, Any], cfg: FeatureConfig) -> np.ndarray:
+    return np.frombuffer(row["mel"], np.float16).reshape(cfg.n_mels, int(row["mel_frames"]))  # [M, F]
+
+
+def _face_shape(cfg: FeatureConfig) -> tuple[int, int, int]:
+    c, d = feature_shapes(cfg)["faces"][1:3]
+    return int(c), int(d), int(d)
+
+
 def from_row(row: dict[str, Any], cfg: FeatureConfig) -> ClipSegments:
-    shapes = feature_shapes(cfg)
+    """A row -> every segment of its clip (faces decoded)."""
     s = int(row["n_segments"])
-    audio = np.frombuffer(row["audio"], np.float16).reshape(s, *shapes["audio"][1:])  # [S, 1, M, T]
-    faces = np.frombuffer(row["faces"], np.uint8).reshape(s, *shapes["faces"][1:])  # [S, C, D, D]
+    audio = cut_segments(_mel_of(row, cfg), 0, s, cfg)  # [S, 1, M, T]
+    sizes = np.frombuffer(row["face_sizes"], np.int32)
+    faces = decode_faces([(row["faces"], sizes, str(row["face_codec"]))], [(0, s)], _face_shape(cfg))[0]
     frame_index = np.frombuffer(row["frame_index"], np.int64)  # [S]
     return ClipSegments(audio, faces, frame_index, float(row["duration_s"]))
 
@@ -52,10 +154,11 @@ def crop_seed(seed: int, epoch: int, clip_id: str) -> np.random.Generator:
 
 def collate(rows: dict[str, Any], cfg: FeatureConfig, train: bool, seed: int = 0,
             epoch: int = 0) -> dict[str, Any]:
-    """A batch of segment rows (columnar: each key maps to a sequence) -> torch tensors.
+    """A batch of rows (columnar: each key maps to a sequence) -> torch tensors.
 
-    Each clip is cropped to the model's N segments by :func:`~emodis_ray.data.features.crop` (a run seeded
-    by (seed, epoch, clip id) in training, the centre run in evaluation; short clips padded and masked).
+    Each clip is cropped to the model's N segments (:func:`~emodis_ray.data.features.crop_start`: a run
+    seeded by (seed, epoch, clip id) in training, the centre run in evaluation; short clips padded and
+    masked); only the kept segments are cut from the log-mel and only their faces decoded.
     Faces stay uint8 here: :func:`~emodis_ray.core.loop.to_device` scales them to [-1, 1] after the copy to
     the device, which moves 4x fewer bytes and runs the conversion on the accelerator.
     """
@@ -67,10 +170,18 @@ def collate(rows: dict[str, Any], cfg: FeatureConfig, train: bool, seed: int = 0
     audio = np.zeros((b, *shapes["audio"]), np.float32)  # [B, N, 1, M, T]
     faces = np.zeros((b, *shapes["faces"]), np.uint8)  # [B, N, C, D, D]
     mask = np.zeros((b, n), bool)  # [B, N]
+    picks, blobs = [], []
     for i, clip_id in enumerate(ids):
-        row = {k: rows[k][i] for k in ("n_segments", "duration_s", "audio", "faces", "frame_index")}
-        clip = crop(from_row(row, cfg), cfg, train, crop_seed(seed, epoch, clip_id) if train else None)
-        audio[i], faces[i], mask[i] = clip.audio, clip.faces, clip.mask
+        s = int(rows["n_segments"][i])
+        k = crop_start(s, n, train, crop_seed(seed, epoch, clip_id) if train else None)
+        m = min(n, s)
+        picks.append((k, m))
+        blobs.append((rows["faces"][i], np.frombuffer(rows["face_sizes"][i], np.int32), str(rows["face_codec"][i])))
+        mel = np.frombuffer(rows["mel"][i], np.float16).reshape(cfg.n_mels, int(rows["mel_frames"][i]))
+        audio[i, :m] = cut_segments(mel, k, m, cfg)
+        mask[i, :m] = True
+    for i, got in enumerate(decode_faces(blobs, picks, _face_shape(cfg))):
+        faces[i, :len(got)] = got
     return {
         "clip_id": ids,
         "audio": torch.from_numpy(audio),

@@ -36,13 +36,13 @@ def embed_splits(run: Path, manifest: Path, cfg: Config, actors: int | None = No
     """{split: columns of ``infer.embed_rows``} for train, val and test, in one pass of one actor pool."""
     from emodis_ray.data.cache import find_cache
     from emodis_ray.data.ingest import cache_rows, stream_rows
-    from emodis_ray.data.manifest import manifest_hash, read_manifest
+    from emodis_ray.data.manifest import read_manifest
     from emodis_ray.evaluation.infer import embed_rows
     from emodis_ray.runtime.session import pool_size
 
     df = read_manifest(manifest)
     if cfg.data.cache_dir:
-        rows = cache_rows(find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features), None)
+        rows = cache_rows(find_cache(cfg.data.cache_dir, df, cfg.features), None)
     else:
         rows = stream_rows(df, None, cfg)
     n = pool_size(actors)

@@ -38,12 +38,12 @@ def trunk_features(trunk_run: Path, manifest: Path, cfg: Config, out: Path) -> F
         from emodis_ray.core.checkpoint import MODEL_FILE
         from emodis_ray.data.cache import find_cache
         from emodis_ray.data.ingest import cache_rows, stream_rows
-        from emodis_ray.data.manifest import manifest_hash, read_manifest
+        from emodis_ray.data.manifest import read_manifest
         from emodis_ray.evaluation.infer import embed_rows
         from emodis_ray.runtime.session import pool_size
 
         df = read_manifest(manifest)
-        rows = (cache_rows(find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features), None)
+        rows = (cache_rows(find_cache(cfg.data.cache_dir, df, cfg.features), None)
                 if cfg.data.cache_dir else stream_rows(df, None, cfg))
         cols = embed_rows(rows, trunk_run / MODEL_FILE, cfg.features, batch_size=cfg.data.batch_size,
                           actors=pool_size(), trunk=True)

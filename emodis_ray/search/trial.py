@@ -130,15 +130,14 @@ def probe_val_leakage(run: Path, cfg: Config, manifest: Path, seed: int = 0) -> 
     identity-only floors; ``val_leakage`` is the leakage above the floor of the directions the method targets."""
     from emodis_ray.data.cache import find_cache
     from emodis_ray.data.ingest import cache_rows
-    from emodis_ray.data.manifest import manifest_hash, read_manifest
+    from emodis_ray.data.manifest import read_manifest
     from emodis_ray.evaluation.infer import embed_rows
     from emodis_ray.evaluation.leakage import measure_leakage
 
     ctx = ray.data.DataContext.get_current()  # this trial's process: no progress bars in the search's log
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
     df = read_manifest(manifest)
-    info = find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features)
-    rows = cache_rows(info, None).filter(expr="split != 'test'")
+    rows = cache_rows(find_cache(cfg.data.cache_dir, df, cfg.features), ["train", "val"])
     cols = embed_rows(rows, run / "model.pt", cfg.features, batch_size=cfg.data.batch_size, actors=1,
                       use_gpu=cfg.train.use_gpu)
     keys = ("emo_emb", "spk_emb", "emotion", "speaker")

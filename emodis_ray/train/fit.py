@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -251,9 +250,11 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     num_speakers = int(df["speaker_idx"].max()) + 1
     prior_ce = identity_only_ce(df, cfg.model.num_emotions, num_speakers)
     n_train = int((df["split"] == "train").sum())
-    info = find_cache(cfg.data.cache_dir, manifest_hash(df), cfg.features) if cfg.data.cache_dir else None
-    if info is not None:
+    info = find_cache(cfg.data.cache_dir, df, cfg.features) if cfg.data.cache_dir else None
+    if info is not None:  # the cache knows every bad clip already: refuse before any worker starts
         n_train = info.splits.get("train", n_train)
+        write_bad_clips(out / BAD_CLIPS_FILE, info.bad)
+        check_bad_fraction(len(info.bad), len(df), cfg.data.max_bad_fraction, out / BAD_CLIPS_FILE)
 
     # 1. Datasets of segment rows (Ray Data), from the feature cache or decoded on the fly.
     log = BadClipLog.remote() if info is None else None
@@ -322,9 +323,7 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     rows = dedupe_epochs(read_reports(reports))
     write_metrics(out, rows)
     plot_curves(rows, out / "curves.png")
-    if info is not None:
-        shutil.copyfile(info.root / BAD_CLIPS_FILE, out / BAD_CLIPS_FILE)
-    else:
+    if info is None:
         bad, _ = bad_fraction_of(log)
         bad = list({b["clip_id"]: b for b in bad}.values())  # every epoch decodes (and reports) again
         write_bad_clips(out / BAD_CLIPS_FILE, bad)

@@ -256,4 +256,4 @@ def test_too_many_bad_clips_is_one_line_naming_the_list(tmp_path: Path) -> None:
     assert rc == 2, err
     assert "Traceback" not in err
     (line,) = error_lines(err)
-    assert "4 of 4 clips" in line and "bad_clips.csv" in line
+    assert "4 of 4 clips" in line and "bad_clips-" in line and line.rstrip().endswith("for each clip and reason")

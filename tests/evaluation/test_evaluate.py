@@ -55,12 +55,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
 
 def _train_run(root: Path, cfg: Config, name: str, method: str, seed: int) -> Path:
     """A small real training (engine only), saved in the `emodis train` run layout."""
-    import pyarrow.parquet as pq
+    from emodis_ray.data.cache import find_cache
+    from emodis_ray.data.ingest import cache_rows
 
     cfg = replace(cfg, method={"name": method}, train={"seed": seed})
     df = read_manifest(root / "manifest.parquet")
-    rows = pd.concat([pq.read_table(p).to_pandas() for p in sorted((root / "cache").glob("*/shard-*.parquet"))])
-    rows = rows[rows["split"] == "train"]
+    rows = cache_rows(find_cache(cfg.data.cache_dir, df, cfg.features), "train").to_pandas()
     seed_everything(seed)
     kwargs = dict(num_speakers=int(df["speaker_idx"].max()) + 1, **asdict(cfg.model))
     model = build_model(**kwargs)

@@ -90,7 +90,7 @@ def _model_file(path: Path, poison: bool) -> Path:
 
 
 def _rows(tmp_path: Path, names: list[str]) -> dict[str, list]:
-    rows = [to_row(n, "predict", -1, -1, extract_segments(make_clip(tmp_path / f"{n}.mp4", 3.0), None, CFG))
+    rows = [to_row(n, "predict", -1, -1, extract_segments(make_clip(tmp_path / f"{n}.mp4", 3.0), None, CFG), CFG)
             for n in names]
     return {k: [r[k] for r in rows] for k in rows[0]}
 

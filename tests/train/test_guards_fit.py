@@ -10,7 +10,6 @@ import csv
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +156,10 @@ NAN_CLIP = "id10002/vid20/00001"
 def _dataset(root: Path, nan_clip: str | None = NAN_CLIP) -> tuple[Path, Config]:
     """A manifest and a feature cache made of generated features (no video decoded): 16 train clips, 8 val
     clips; the train clip ``nan_clip`` has NaN log-mel features, as a clip with an overflowing track would."""
-    from emodis_ray.data.cache import CacheInfo, cache_root, write_shard
+    from emodis_ray.data.cache import cache_root, manifest_keys, write_part
     from emodis_ray.data.features import ClipSegments, feature_shapes
-    from emodis_ray.data.manifest import manifest_hash, write_manifest
-    from emodis_ray.data.rows import to_row
+    from emodis_ray.data.manifest import read_manifest, write_manifest
+    from emodis_ray.data.rows import to_features
     from emodis_ray.data.sources import table_manifest
 
     root.mkdir(parents=True, exist_ok=True)
@@ -176,20 +175,18 @@ def _dataset(root: Path, nan_clip: str | None = NAN_CLIP) -> tuple[Path, Config]
                   train={"workers": 2, "epochs": 2, "max_failures": 2, "seed": 3})
     shapes, rng = feature_shapes(cfg.features), np.random.default_rng(0)
     s = 3  # segments of a 2 s clip (1 s segments, 0.5 s hop)
-    rows = []
-    for r in df.itertuples():
+    df = read_manifest(root / "manifest.parquet")  # the paths as training resolves them: they key the clips
+    rows, keys = [], manifest_keys(df)
+    for r, key in zip(df.itertuples(), keys, strict=True):
         audio = rng.standard_normal((s, *shapes["audio"][1:])).astype(np.float32)  # [S, 1, M, T]
         if r.clip_id == nan_clip:
             audio[:] = np.nan
         faces = rng.integers(0, 256, (s, *shapes["faces"][1:]), dtype=np.uint8)  # [S, C, D, D]
         segs = ClipSegments(audio, faces, np.arange(s, dtype=np.int64) * 12 + 12, 2.0)
-        rows.append(to_row(r.clip_id, r.split, r.emotion_idx, r.speaker_idx, segs))
-    cache = cache_root(cfg.data.cache_dir, manifest_hash(df), cfg.features)
+        rows.append(to_features(segs, cfg.features, "raw", key))
+    cache = cache_root(cfg.data.cache_dir, cfg.features)
     cache.mkdir(parents=True)
-    write_shard(cache / "shard-00000.parquet", rows, [])
-    write_bad_clips(cache / "bad_clips.csv", [])
-    CacheInfo(cache, manifest_hash(df), asdict(cfg.features), 1, complete=True, clips=len(rows),
-              splits={str(k): int(v) for k, v in df["split"].value_counts().items()}).save()
+    write_part(cache, rows, [], list(keys))
     return root / "manifest.parquet", cfg
 
 

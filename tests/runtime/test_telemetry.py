@@ -13,6 +13,7 @@ import pytest
 from helpers.localcluster import LocalCluster, local_cluster
 from helpers.media import make_clip
 
+from emodis_ray.config import FeatureConfig
 from emodis_ray.data.features import BadClip
 from emodis_ray.runtime import telemetry as metrics
 
@@ -71,7 +72,7 @@ def test_decode_udf_reports_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
             pass
 
     udf = data.DecodeClips.__new__(data.DecodeClips)
-    udf.decoder, udf.log = Broken(), None
+    udf.decoder, udf.log, udf.cfg = Broken(), None, FeatureConfig()
     batch = pd.DataFrame({"clip_id": ["a", "b"], "split": "train", "emotion_idx": 0, "speaker_idx": 0,
                           "video_abspath": ["/x/a.mp4", "/x/b.mp4"], "audio_abspath": None, "track_abspath": None})
     out = udf(batch)

@@ -105,12 +105,12 @@ def test_decodes_to_the_crop_layouts_tensors_with_one_call_per_raw_video(sets: t
     df = _vox1_manifest(vox1)
     rows = manifest_rows(df.sort_values("clip_id"), None)
     with CountingDecoder(FEATURES) as dec:
-        got, bad = _decode_rows(dec, rows)
+        got, bad = _decode_rows(dec, rows, FEATURES)
         assert dec.track_calls == df["video_id"].nunique() and dec.clip_calls == 0
     with ClipDecoder(FEATURES) as dec:
         crop_rows = rows.assign(video_abspath=[str(crop / "videos" / f"{c}.mp4") for c in rows["clip_id"]],
                                 audio_abspath=None, track_abspath=None)
-        want, want_bad = _decode_rows(dec, crop_rows)
+        want, want_bad = _decode_rows(dec, crop_rows, FEATURES)
     assert sorted(b["clip_id"] for b in bad) == sorted(b["clip_id"] for b in want_bad)
     assert {b["reason"] for b in bad} == {"too_short"} and len(bad) >= 1  # short clips are short tracks
     assert [r["clip_id"] for r in got] == [r["clip_id"] for r in want] and len(got) >= 10
@@ -119,7 +119,7 @@ def test_decodes_to_the_crop_layouts_tensors_with_one_call_per_raw_video(sets: t
         assert g["n_segments"] == w["n_segments"]
         n = min(len(g["faces"]), len(o["faces"]))  # bytes of the segments both have
         faces = [np.frombuffer(r["faces"], np.uint8).astype(np.float32) for r in (g, w, o)]
-        mel = [np.frombuffer(r["audio"], np.float16).astype(np.float32) for r in (g, w)]
+        mel = [np.frombuffer(r["mel"], np.float16).astype(np.float32) for r in (g, w)]
         # The face cut from the raw frame at the track's box is the crop, up to H.264 twice, the box's rounding
         # and the raw video's 30 fps: a segment centre may show the clip's neighbouring frame (40 ms away).
         face_err.append(np.abs(faces[0] - faces[1]).mean())
@@ -136,7 +136,7 @@ def test_a_missing_raw_video_lists_each_of_its_tracks(sets: tuple[Path, Path]) -
     gone = rows["video_abspath"].iloc[0]
     rows["video_abspath"] = rows["video_abspath"].replace(gone, gone + ".missing.mp4")
     with ClipDecoder(FEATURES) as dec:
-        got, bad = _decode_rows(dec, rows)
+        got, bad = _decode_rows(dec, rows, FEATURES)
     missing = rows["clip_id"][rows["video_abspath"] == gone + ".missing.mp4"]
     assert sorted(b["clip_id"] for b in bad if b["reason"] == "missing_video") == sorted(missing)
     assert len(got) + len(bad) == len(rows)  # the other videos' tracks were decoded

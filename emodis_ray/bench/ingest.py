@@ -19,6 +19,7 @@ Plus the peak RSS of a decode worker and its RSS growth over a soak of many clip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -159,20 +160,16 @@ def cache_bytes(segs: list[Any], cfg: FeatureConfig) -> dict[str, float]:
 
     out = {"v1": float(np.mean([s.audio.size * 2 + s.faces.nbytes + 8 * len(s.frame_index) for s in segs]))}
     for name, codec, q in (("raw", "raw", 90), ("jpeg90", "jpeg", 90), ("jpeg75", "jpeg", 75)):
-        f = replace_features(cfg, face_quality=q)
+        f = dataclasses.replace(cfg, face_quality=q)
         out[name] = float(np.mean([payload(to_features(s, f, codec)) for s in segs]))
     return out
-
-
-def replace_features(cfg: FeatureConfig, **changes: Any) -> FeatureConfig:
-    return FeatureConfig(**{**asdict(cfg), **changes})
 
 
 def collate_ms(segs: list[Any], cfg: FeatureConfig, codec: str, quality: int, batch_size: int) -> float:
     """(e): ms per clip to collate rows of this codec into training tensors (crop, log-mel cut, face decode)."""
     from emodis_ray.data.rows import collate, to_row
 
-    f = replace_features(cfg, face_quality=quality)
+    f = dataclasses.replace(cfg, face_quality=quality)
     rows = [to_row(f"c{i}", "train", 0, 0, s, f, codec) for i, s in enumerate(segs)]
     batches = [{k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]} for i in range(0, len(rows), batch_size)]
     return 1e3 * _time_per_clip(lambda b: collate(b, f, train=True, seed=0, epoch=1), batches, repeat=3) \

@@ -200,12 +200,11 @@ def cache_rows(view: CacheView, split: str | Iterable[str] | None,
     return ds.materialize() if materialize else ds
 
 
-def split_rows(manifest_path: Path, split: str, cfg: Config, log: Any = None,
+def split_rows(df: pd.DataFrame, view: CacheView | None, split: str, cfg: Config, log: Any = None,
                max_decoders: int | None = None) -> tuple[ray.data.Dataset, str]:
-    """The rows of a split from the cache when ``data.cache_dir`` is set (it must hold them), else streamed."""
-    df = read_manifest(manifest_path)
-    if cfg.data.cache_dir:
-        view = find_cache(cfg.data.cache_dir, df, cfg.features)
+    """The rows of a split from the cache ``view`` (the manifest ``df`` seen through ``data.cache_dir``, found once
+    by the caller), else streamed."""
+    if view is not None:
         return cache_rows(view, split), f"cache {view.root}"
     return stream_rows(df, split, cfg, log, max_decoders), "streaming decode"
 

@@ -261,8 +261,8 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     data_ctx = ray.data.DataContext.get_current()
     bars, data_ctx.enable_progress_bars = data_ctx.enable_progress_bars, False  # one line per epoch instead
     try:
-        train_ds, source = split_rows(manifest, "train", cfg, log, max_decoders)
-        val_ds, _ = split_rows(manifest, "val", cfg, log, max_decoders)
+        train_ds, source = split_rows(df, info, "train", cfg, log, max_decoders)
+        val_ds, _ = split_rows(df, info, "val", cfg, log, max_decoders)
     finally:
         data_ctx.enable_progress_bars = bars
 

@@ -156,6 +156,7 @@ class DataConfig(_Checked):
     decode_retries: Index = 1
     rows_per_shard: Count = 256
     row_group_mb: Positive = 64.0  # a Parquet row group of the cache holds at most this many MB (one clip may exceed)
+    decode_threads: Index = 0  # threads that decode JPEG faces in a CPU training worker (0: its torch threads)
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,26 @@ On the same synthetic clips of the paper's shape (12 s, 224x224, 25 fps, AAC aud
        tracks of a raw video decoded in one call, on one thread;
   (c) the Ray Data streaming pipeline on all CPUs;
   (d) reading the feature cache (JPEG faces at the paper preset's quality) through Ray Data into one consumer
-      that collates model tensors, faces decoded there (what every later epoch and trial pays);
+      that collates model tensors, faces decoded there on a thread per CPU (what every later epoch and trial
+      pays);
   (e) bytes per clip in the cache: the first format (every segment's log-mel, raw faces) against one row per
       clip (the log-mel once) with raw faces and with JPEG faces at two qualities, and the cost of decoding
-      each in the training worker (collate, one thread);
+      each in the training worker (collate, one thread; JPEG q90 also on a thread per CPU, as the worker does);
   (f) what one GPU would need: training FLOPs per clip counted from the model (``flops_per_clip``, x3 for
-      forward + backward) at a stated peak and MFU, and the ratio of (d) to it.
+      forward + backward) at a stated peak and MFU, and the ratio of (d) to it;
+  (g) how to shuffle: the same cache files read through Ray Data into one consumer (rows only, no collate) with no
+      shuffle, with the trainer's seeded local buffer (256 clips), and with a shuffle inside ``map_batches``
+      (a window of 64 clips); clips/s after each pass's first batch, the best of three passes.
 Plus the peak RSS of a decode worker and its RSS growth over a soak of many clip decodes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing as mp
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emodis_ray.config import Config, FeatureConfig, SynthConfig, load_config, replace
+from emodis_ray.bench.cache_costs import cache_bytes, collate_ms, shuffle_rates, time_per_clip
+from emodis_ray.config import Config, SynthConfig, load_config, replace
 
 
 @dataclass
@@ -55,6 +58,7 @@ class IngestBench:
     gpu_peak_tflops: float = 989.0
     mfu: float = 0.3
     gpu_need_clips_per_s: float = 0.0
+    shuffle_rows_per_s: dict[str, float] = field(default_factory=dict)  # (g)
 
     def format(self) -> str:
         lines = [f"ingest benchmark: {self.clips} clips of {self.clip_shape}, {self.cpus} CPUs; "
@@ -83,6 +87,11 @@ class IngestBench:
                             ("jpeg75", "one row per clip, JPEG q75")):
                 col = f"{ms['collate_' + k]:>12.1f}" if "collate_" + k in ms else f"{'':>12}"
                 lines.append(f"    {name:<40}{b[k] / 1e6:>10.3f}{col}")
+            if "collate_jpeg90_threads" in ms:
+                t = ms["collate_jpeg90_threads"]
+                name = f"JPEG q90, decoded on {self.cpus} threads"
+                lines.append(f"    {name:<40}{b['jpeg90'] / 1e6:>10.3f}{t:>12.1f}  "
+                             f"({ms['collate_jpeg90'] / t:.2f}x one thread)")
         if self.gpu_need_clips_per_s:
             d = self.clips_per_s.get("d_steady", 0.0)
             lines += ["", f"(f) one GPU ({self.gpu}) at {self.mfu:.0%} MFU trains "
@@ -90,20 +99,16 @@ class IngestBench:
                           f"training clip); (d) delivers {d:.1f} clips/s into one consumer here: "
                           f"{d / self.gpu_need_clips_per_s:.3f} of the need, so about "
                           f"{self.gpu_need_clips_per_s / max(d, 1e-9):.0f} such consumers per GPU"]
+        if self.shuffle_rows_per_s:
+            g = self.shuffle_rows_per_s
+            lines += ["", f"{'(g) shuffle while reading the cache':<44}{'clips/s':>10}{'vs none':>10}"]
+            for k, v in g.items():
+                lines.append(f"    {k:<40}{v:>10.1f}{v / g['none']:>10.2f}")
         if self.soak:
             s = self.soak
             lines.append(f"soak: {s['decodes']} decodes in {s['workers']} workers; peak RSS per worker "
                          f"{s['peak_rss_mb']:.0f} MB; RSS growth after warm-up {s['growth_mb']:.1f} MB (target < 50)")
         return "\n".join(lines)
-
-
-def _time_per_clip(fn: Callable[[Any], object], items: list[Any], repeat: int = 1) -> float:
-    fn(items[0])  # warm-up: imports, codec init, mel kernels
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        for it in items:
-            fn(it)
-    return (time.perf_counter() - t0) / (repeat * len(items))
 
 
 def pyav_decode_all(path: str, convert: bool = True) -> int:
@@ -151,31 +156,6 @@ def soak(paths: list[str], cfg: Config, decodes: int, workers: int) -> dict[str,
             "growth_mb": max(o["growth"] for o in out) / 2**20}
 
 
-def cache_bytes(segs: list[Any], cfg: FeatureConfig) -> dict[str, float]:
-    """(e): mean bytes of payload per clip in each cache format."""
-    from emodis_ray.data.rows import to_features
-
-    def payload(row: dict[str, Any]) -> int:
-        return sum(len(v) for v in row.values() if isinstance(v, bytes))
-
-    out = {"v1": float(np.mean([s.audio.size * 2 + s.faces.nbytes + 8 * len(s.frame_index) for s in segs]))}
-    for name, codec, q in (("raw", "raw", 90), ("jpeg90", "jpeg", 90), ("jpeg75", "jpeg", 75)):
-        f = dataclasses.replace(cfg, face_quality=q)
-        out[name] = float(np.mean([payload(to_features(s, f, codec)) for s in segs]))
-    return out
-
-
-def collate_ms(segs: list[Any], cfg: FeatureConfig, codec: str, quality: int, batch_size: int) -> float:
-    """(e): ms per clip to collate rows of this codec into training tensors (crop, log-mel cut, face decode)."""
-    from emodis_ray.data.rows import collate, to_row
-
-    f = dataclasses.replace(cfg, face_quality=quality)
-    rows = [to_row(f"c{i}", "train", 0, 0, s, f, codec) for i, s in enumerate(segs)]
-    batches = [{k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]} for i in range(0, len(rows), batch_size)]
-    return 1e3 * _time_per_clip(lambda b: collate(b, f, train=True, seed=0, epoch=1), batches, repeat=3) \
-        * len(batches) / len(rows)
-
-
 def train_gflop_per_clip(cfg: Config, segs: Any, num_speakers: int) -> float:
     """(f): forward FLOPs of the model on one collated clip (``flops_per_clip``), x3 for a training step."""
     from emodis_ray.core.checkpoint import model_kwargs_of
@@ -206,7 +186,7 @@ def _raw_video_per_clip(data: Path, synth: SynthConfig, df: pd.DataFrame, cfg: C
                                                ref_height=f.track_ref_height)
     items = list(videos.items())
     assert not any(isinstance(r, BadClip) for r in decode(items[0])), "a track of the benchmark's set is bad"
-    return _time_per_clip(decode, items) * len(items) / len(df)
+    return time_per_clip(decode, items) * len(items) / len(df)
 
 
 def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, workdir: Path | None = None,
@@ -217,7 +197,7 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     from emodis_ray.data.features import extract_clip, extract_segments
     from emodis_ray.data.ingest import preprocess, stream_rows
     from emodis_ray.data.manifest import read_manifest, write_manifest
-    from emodis_ray.data.rows import collate
+    from emodis_ray.data.rows import FaceDecoder, collate
     from emodis_ray.data.sources import emovox_manifest
     from emodis_ray.runtime.session import ray_session
     from emodis_ray.synth.generate import generate
@@ -242,10 +222,10 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     res = IngestBench(clips=len(paths), cpus=os.cpu_count() or 1, clip_shape="12 s, 224x224, 25 fps, AAC 16 kHz")
 
     say("(a) PyAV single-pass decode ...")
-    res.per_clip_ms["a_raw"] = 1e3 * _time_per_clip(lambda p: pyav_decode_all(p, convert=False), paths)
-    res.per_clip_ms["a"] = 1e3 * _time_per_clip(pyav_decode_all, paths)
+    res.per_clip_ms["a_raw"] = 1e3 * time_per_clip(lambda p: pyav_decode_all(p, convert=False), paths)
+    res.per_clip_ms["a"] = 1e3 * time_per_clip(pyav_decode_all, paths)
     say("(b) our per-clip features, one thread ...")
-    res.per_clip_ms["b"] = 1e3 * _time_per_clip(lambda p: extract_clip(p, None, cfg.features), paths)
+    res.per_clip_ms["b"] = 1e3 * time_per_clip(lambda p: extract_clip(p, None, cfg.features), paths)
     say("(b1) the same clips as face tracks over raw video (VoxCeleb1 layout), one thread ...")
     res.per_clip_ms["b_raw"] = 1e3 * _raw_video_per_clip(work / "data-vox1", synth, df, cfg, progress)
 
@@ -256,6 +236,7 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
     res.per_clip_ms["collate_raw"] = collate_ms(segs, cfg.features, "raw", 90, bs)
     res.per_clip_ms["collate_jpeg90"] = collate_ms(segs, cfg.features, "jpeg", 90, bs)
     res.per_clip_ms["collate_jpeg75"] = collate_ms(segs, cfg.features, "jpeg", 75, bs)
+    res.per_clip_ms["collate_jpeg90_threads"] = collate_ms(segs, cfg.features, "jpeg", 90, bs, threads=res.cpus)
     say("(f) training FLOPs per clip of the paper model ...")
     res.train_gflop_per_clip = train_gflop_per_clip(cfg, segs[0], people)
     res.gpu_need_clips_per_s = res.mfu * res.gpu_peak_tflops * 1e3 / res.train_gflop_per_clip
@@ -309,13 +290,15 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
                     os.link(p, link)
                 files.append(str(link))
 
+        decoder = FaceDecoder(res.cpus)  # as in the training worker: a thread per CPU
+
         def read_cache(k: int) -> tuple[int, float]:
             m, t_first, t0 = 0, 0.0, time.perf_counter()
             ds = ray.data.read_parquet(files[: k * len(parts)], schema=FEATURE_SCHEMA)
             for batch in ds.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy"):
                 n = len(batch["clip_key"])  # labels play no part in the cost: zeros stand in for the join
                 batch = {**batch, "clip_id": batch["clip_key"], "emotion": np.zeros(n), "speaker": np.zeros(n)}
-                m += len(collate(batch, cfg.features, train=True, seed=0, epoch=0)["clip_id"])
+                m += len(collate(batch, cfg.features, train=True, seed=0, epoch=0, decoder=decoder)["clip_id"])
                 t_first = t_first or time.perf_counter() - t0
             return m, t_first
 
@@ -327,6 +310,9 @@ def bench_ingest(clips: int = 16, rows: int = 96, soak_decodes: int = 1000, work
         res.per_clip_ms["d"] = 1e3 * total / m
         # after the first batch: what a long epoch streams at
         res.per_clip_ms["d_steady"] = 1e3 * (total - res.cache_first_batch_s) / max(1, m - cfg.data.batch_size)
+        decoder.close()
+        say("(g) shuffling while reading the cache ...")
+        res.shuffle_rows_per_s = shuffle_rates(files, cfg.data.batch_size)
 
     for k, ms in res.per_clip_ms.items():
         if k.startswith("collate_"):

@@ -47,12 +47,16 @@ class ScaleBench:
     def format(self) -> str:
         lines = [f"scale benchmark: {self.cpus} CPUs ({self.config}); ms per clip of each stage", "",
                  f"{'clips':>7}{'synth':>8}" + "".join(f"{s:>11}" for s in STAGES) + f"{'pipeline':>10}"
-                 f"{'train/clip':>11}{'driver MB':>10}{'worker MB':>10}{'store MB':>9}"]
+                 f"{'train/clip':>11}{'driver MB':>10}{'worker MB':>10}{'w. USS MB':>10}{'store MB':>9}"]
         for r in self.sizes:
             ms = r["ms_per_clip"]
             lines.append(f"{r['clips']:>7}{ms['synth']:>8.0f}" + "".join(f"{ms[s]:>11.1f}" for s in STAGES)
                          + f"{ms['pipeline']:>10.1f}{ms['train_steady']:>11.1f}{r['driver_peak_mb']:>10.0f}"
-                         f"{r['worker_peak_mb']:>10.0f}{r['store_peak_mb']:>9.0f}")
+                         f"{r['worker_peak_mb']:>10.0f}{r.get('worker_uss_peak_mb', 0):>10.0f}"
+                         f"{r['store_peak_mb']:>9.0f}")
+        lines += ["", "largest worker (RSS, then private memory) at each size: " + "; ".join(
+            f"{r['clips']}: {r.get('worker_peak_name', '?')}, {r.get('worker_uss_peak_name', '?')}"
+            for r in self.sizes)]
         if self.metadata:
             m = self.metadata
             lines += ["", f"metadata-only manifest of {m['entries']} entries: .mat written in {m['mat_s']:.1f} s; "
@@ -82,11 +86,16 @@ def marginal(sizes: Sequence[dict[str, Any]]) -> list[tuple[int, int, dict[str, 
 
 class PeakSampler:
     """Peak RSS of this process and of every Ray worker process (``ray::`` in its name), and peak object-store
-    use, sampled every ``interval`` seconds on a thread while in use as a context manager."""
+    use, sampled every ``interval`` seconds on a thread while in use as a context manager.
+
+    RSS counts the object-store pages a process has mapped (a worker reading a block zero-copy, the store's
+    shared memory): the store's bytes show once per reader. So the largest worker's private memory (USS: pages no
+    other process shares) is sampled too, every 4th sample, with the name of the worker at each peak."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self.driver = self.worker = self.workers_total = self.store = 0.0
+        self.driver = self.worker = self.workers_total = self.store = self.worker_uss = 0.0
+        self.worker_name = self.worker_uss_name = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -114,7 +123,15 @@ class PeakSampler:
             name, mem = p.info.get("name") or "", p.info.get("memory_info")
             if name.startswith("ray::") and mem is not None:
                 total += mem.rss / MB
-                self.worker = max(self.worker, mem.rss / MB)
+                if mem.rss / MB > self.worker:
+                    self.worker, self.worker_name = mem.rss / MB, name
+                if store:
+                    try:
+                        uss = p.memory_full_info().uss / MB
+                    except (psutil.Error, OSError):  # the worker exited meanwhile
+                        continue
+                    if uss > self.worker_uss:
+                        self.worker_uss, self.worker_uss_name = uss, name
         self.workers_total = max(self.workers_total, total)
         if store:
             self.store = max(self.store, object_store_used_mb())
@@ -194,6 +211,8 @@ def measure_size(clips: int, work: Path, cfg: Config, say: Callable[..., object]
     return {"clips": n, "splits": {k: int(v) for k, v in df["split"].value_counts().items()},
             "seconds": s, "ms_per_clip": ms, "train_clips": int(ep["train_clips"]),
             "driver_peak_mb": mem.driver, "worker_peak_mb": mem.worker, "workers_total_peak_mb": mem.workers_total,
+            "worker_peak_name": mem.worker_name, "worker_uss_peak_mb": mem.worker_uss,
+            "worker_uss_peak_name": mem.worker_uss_name,
             "store_peak_mb": mem.store, "synth": asdict(cfg.synth)}
 
 
@@ -253,6 +272,7 @@ def bench_scale(sizes: Sequence[int], cfg: Config, workdir: Path, metadata_entri
             else math.nan
         res.ratios["driver_peak"] = hi["driver_peak_mb"] / lo["driver_peak_mb"]
         res.ratios["worker_peak"] = hi["worker_peak_mb"] / lo["worker_peak_mb"]
+        res.ratios["worker_uss_peak"] = hi["worker_uss_peak_mb"] / max(lo["worker_uss_peak_mb"], 1e-9)
     return res
 
 

@@ -123,11 +123,13 @@ class CacheView:
         return [self.root / p for p in sorted(set(self.rows_of(split)["part"]))]
 
 
-def find_cache(cache_dir: str | Path, df: pd.DataFrame, cfg: FeatureConfig) -> CacheView:
+def find_cache(cache_dir: str | Path, df: pd.DataFrame, cfg: FeatureConfig,
+               keys: pd.Series | None = None) -> CacheView:
     """This manifest's clips in the cache under ``cache_dir`` for this feature config.
 
     Raises :class:`CacheMismatch` (never falls back silently) when the folder has no cache of this feature
-    config, or when some of the manifest's clips (new ones, or files changed since) are not in it.
+    config, or when some of the manifest's clips (new ones, or files changed since) are not in it. ``keys``:
+    the manifest's clip keys when the caller has just computed them (default: stat every clip file now).
     """
     root = cache_root(cache_dir, cfg)
     if not root.is_dir():
@@ -137,7 +139,7 @@ def find_cache(cache_dir: str | Path, df: pd.DataFrame, cfg: FeatureConfig) -> C
                             f"`emodis preprocess` with this manifest and config, or leave data.cache_dir empty to "
                             f"decode on the fly")
     idx = CacheIndex.load(root)
-    keys = manifest_keys(df)
+    keys = manifest_keys(df) if keys is None else keys
     missing = ~keys.isin(set(idx.parts) | set(idx.bad))
     if missing.any():
         first = ", ".join(df["clip_id"][missing].head(3))

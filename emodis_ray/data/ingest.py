@@ -250,9 +250,13 @@ class PartWriter:
 
 
 def plan_parts(todo: pd.DataFrame, per: int) -> list[pd.DataFrame]:
-    """Clips to decode -> parts of at most ``per`` clips, each of one split (so a split reads only its parts)."""
+    """Clips to decode -> parts of at most ``per`` clips, each of one split (so a split reads only its parts).
+
+    Within a split the clips go in clip-key order, a hash: a random mix of people and sessions in every part,
+    where clip-id order would put one person's clips side by side and leave the trainer's local shuffle buffer
+    (a window of ``SHUFFLE_ROWS`` clips over the read stream) batches of two or three people at paper scale."""
     out = []
-    for _, rows in todo.sort_values(["split", "clip_id"]).groupby("split", sort=True):
+    for _, rows in todo.sort_values(["split", "clip_key"]).groupby("split", sort=True):
         out += [rows.iloc[i:i + per] for i in range(0, len(rows), per)]
     return out
 
@@ -270,7 +274,8 @@ def preprocess(manifest_path: Path, cache_dir: Path, cfg: Config, progress: bool
     df = read_manifest(manifest_path)
     root = cache_root(cache_dir, cfg.features)
     root.mkdir(parents=True, exist_ok=True)
-    rows = manifest_rows(df, None).assign(clip_key=manifest_keys(df).to_numpy())
+    keys = manifest_keys(df)  # one stat of each clip file: the plan and the view below both use these keys
+    rows = manifest_rows(df, None).assign(clip_key=keys.to_numpy())
     idx = CacheIndex.load(root)
     todo = rows[~rows["clip_key"].isin(set(idx.parts) | set(idx.bad))].drop_duplicates("clip_key")
     parts = plan_parts(todo, cfg.data.rows_per_shard)
@@ -290,7 +295,7 @@ def preprocess(manifest_path: Path, cache_dir: Path, cfg: Config, progress: bool
         bar.close()
         for w in writers:
             ray.kill(w)
-    view = find_cache(cache_dir, df, cfg.features)
+    view = find_cache(cache_dir, df, cfg.features, keys)
     bad_csv = root / f"bad_clips-{manifest_hash(df)}.csv"
     write_bad_clips(bad_csv, view.bad)
     check_bad_fraction(len(view.bad), len(df), cfg.data.max_bad_fraction, bad_csv)

@@ -35,6 +35,9 @@ class EmbedClips:
         self.model, _ = load_model(model_path, self.device)
         self.features = FeatureConfig(**features)
         self.trunk = trunk  # also return the pooled trunk features (the frozen-trunk screen's input)
+        from emodis_ray.data.rows import FaceDecoder
+
+        self.decoder = FaceDecoder(threads=1, device=self.device)  # JPEG faces decoded on the card when on a GPU
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -42,7 +45,7 @@ class EmbedClips:
         from emodis_ray.core.loop import to_device
         from emodis_ray.data.rows import collate
 
-        batch = to_device(collate(rows, self.features, train=False), self.device)
+        batch = to_device(collate(rows, self.features, train=False, decoder=self.decoder), self.device)
         with torch.no_grad():
             h = self.model.trunk_features(batch["audio"], batch["faces"], batch["mask"])  # [B, F]
             out = self.model.from_features(h)

@@ -34,10 +34,11 @@ def seeds_of(cfg: Config, n: int) -> list[int]:
     return [cfg.train.seed + i for i in range(n)]
 
 
-def measure_seed(manifest: Path, run: Path, cfg: Config, f1_epochs: int, probe_seed: int) -> dict[str, float]:
+def measure_seed(manifest: Path, run: Path, cfg: Config, f1_epochs: int, probe_seed: int,
+                 runs_at_once: int = 1) -> dict[str, float]:
     """Train ``cfg`` end to end into ``run`` (or keep a finished run) and measure it on validation: emotion F1
     and identity accuracy (each the mean of the last ``f1_epochs`` epochs) and the probe leakage of the exported
-    model above its identity-only floor. Cached in ``run/val.json``."""
+    model above its identity-only floor. Cached in ``run/val.json``. ``runs_at_once``: runs sharing the cluster."""
     from emodis_ray.search.trial import probe_val_leakage
     from emodis_ray.train.fit import fit
 
@@ -45,7 +46,7 @@ def measure_seed(manifest: Path, run: Path, cfg: Config, f1_epochs: int, probe_s
     if f.exists():
         return dict(json.loads(f.read_text()))
     t0 = time.perf_counter()
-    res = fit(manifest, run, cfg, progress=False)
+    res = fit(manifest, run, cfg, progress=False, runs_at_once=runs_at_once)
     probe = probe_val_leakage(run, cfg, manifest, probe_seed)
     rows = res.metrics
     figures = {**probe, "val_emo_f1": run_f1(rows, f1_epochs),
@@ -57,19 +58,33 @@ def measure_seed(manifest: Path, run: Path, cfg: Config, f1_epochs: int, probe_s
     return figures
 
 
-def run_arm(manifest: Path, out: Path, name: str, cfg: Config, seeds: Sequence[int], f1_epochs: int,
-            probe_seed: int, say: Say) -> list[dict[str, float]]:
-    """Every seed of one arm (see :func:`measure_seed`), one after another."""
-    per_seed = []
-    for s in seeds:
-        run = confirm_dir(out, name, s)
-        fresh = not (run / VAL_FILE).exists()
-        fig = measure_seed(manifest, run, replace(cfg, train={"seed": s}), f1_epochs, probe_seed)
-        per_seed.append(fig)
+def run_arms(manifest: Path, out: Path, arms: Sequence[tuple[str, Config]], seeds: Sequence[int], f1_epochs: int,
+             probe_seed: int, say: Say) -> dict[str, list[dict[str, float]]]:
+    """Every seed of every arm (see :func:`measure_seed`): as many runs at once as the cluster holds when they read
+    a feature cache (``cached_runs_at_once``: two on two cores), else one after another. ``{arm: per seed}``."""
+    from emodis_ray.runtime.session import cached_runs_at_once, cluster_cpus, cluster_gpus, run_at_once
+
+    jobs = [(name, cfg, s) for name, cfg in arms for s in seeds]
+    fresh = {(name, s): not (confirm_dir(out, name, s) / VAL_FILE).exists() for name, _, s in jobs}
+    cfg0 = arms[0][1]
+    n = min(len(jobs), cached_runs_at_once(max(c.train.workers for _, c in arms), cluster_cpus(), cluster_gpus(),
+                                           cfg0.train.use_gpu)) if all(c.data.cache_dir for _, c in arms) else 1
+    if n > 1 and any(fresh.values()):
+        say(f"      {sum(fresh.values())} run(s) to train, {n} at a time")
+
+    def done(label: str, fig: dict[str, float]) -> None:
+        name, s = label.rsplit("/", 1)
         say(f"      {name} seed {s}: val emotion F1 {100 * fig['val_emo_f1']:.1f} %, identity "
             f"{100 * fig['val_spk_acc']:.1f} %, leakage above the floor {100 * fig['val_leakage']:.1f} %"
-            + (f" ({fig['run_s']:.0f} s)" if fresh else " (kept)"))
-    return per_seed
+            + (f" ({fig['run_s']:.0f} s)" if fresh[(name, int(s))] else " (kept)"))
+
+    calls = [(f"{name}/{s}", (manifest, confirm_dir(out, name, s), replace(cfg, train={"seed": s}), f1_epochs,
+                              probe_seed, n)) for name, cfg, s in jobs]
+    figs = run_at_once(measure_seed, calls, n, done)
+    out_: dict[str, list[dict[str, float]]] = {name: [] for name, _ in arms}
+    for (name, _, _), fig in zip(jobs, figs, strict=True):
+        out_[name].append(fig)
+    return out_
 
 
 def summarise(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Any]:
@@ -88,7 +103,7 @@ def mtl_baseline(manifest: Path, out: Path, cfg: Config, n_seeds: int, f1_epochs
     mtl = replace(cfg, method={"name": "mtl"})
     seeds = seeds_of(cfg, n_seeds)
     say(f"MTL baseline, {n_seeds} seed(s) end to end (sets the emotion-F1 and identity floors) ...")
-    summary = summarise(run_arm(manifest, out, "mtl", mtl, seeds, f1_epochs, probe_seed, say))
+    summary = summarise(run_arms(manifest, out, [("mtl", mtl)], seeds, f1_epochs, probe_seed, say)["mtl"])
     return {**summary, "source": f"MTL baseline, {n_seeds} seed(s)",
             "runs": [str(confirm_dir(out, "mtl", s)) for s in seeds]}
 
@@ -96,8 +111,7 @@ def mtl_baseline(manifest: Path, out: Path, cfg: Config, n_seeds: int, f1_epochs
 def stage2(manifest: Path, out: Path, candidates: Sequence[tuple[str, Config]], seeds: Sequence[int],
            f1_epochs: int, probe_seed: int, say: Say) -> dict[str, dict[str, Any]]:
     """Stage 2: every candidate ``(name, config)`` end to end at every seed; ``{name: summarise(...)}``."""
-    arms = {}
     for i, (name, cfg) in enumerate(candidates, 1):
-        say(f"stage 2 [{i}/{len(candidates)}]: {name} ({cfg.method.name}) at seeds {', '.join(map(str, seeds))} ...")
-        arms[name] = summarise(run_arm(manifest, out, name, cfg, seeds, f1_epochs, probe_seed, say))
-    return arms
+        say(f"stage 2 [{i}/{len(candidates)}]: {name} ({cfg.method.name}) at seeds {', '.join(map(str, seeds))}")
+    per_arm = run_arms(manifest, out, candidates, seeds, f1_epochs, probe_seed, say)
+    return {name: summarise(per_arm[name]) for name, _ in candidates}

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -155,12 +156,13 @@ class _Sharding(ray.train.DataConfig):
         return out
 
 
-def worker_resources(cfg: Config, cpus: float) -> dict[str, float]:
+def worker_resources(cfg: Config, cpus: float, runs_at_once: int = 1) -> dict[str, float]:
     """One GPU and one CPU per worker on GPUs; on CPUs, at most one CPU per worker and never the last
-    one: Ray Data's read and decode tasks need a whole CPU, and without one the job hangs silently."""
+    one: Ray Data's read and decode tasks need a whole CPU, and without one the job hangs silently.
+    ``runs_at_once``: this run shares the cluster with that many runs (their workers split the CPUs)."""
     if cfg.train.use_gpu:
         return {"CPU": 1.0, "GPU": 1.0}
-    return {"CPU": train_worker_cpus(cfg.train.workers, cpus)}
+    return {"CPU": train_worker_cpus(cfg.train.workers * max(runs_at_once, 1), cpus)}
 
 
 class _Follow(threading.Thread):
@@ -210,7 +212,8 @@ class _Follow(threading.Thread):
 
 def fit(manifest: Path, out: Path, cfg: Config, *, progress: bool = True, max_decoders: int | None = None,
         train_loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
-        callbacks: Sequence[ray.train.UserCallback] = (), storage: str | None = None) -> TrainResult:
+        callbacks: Sequence[ray.train.UserCallback] = (), storage: str | None = None,
+        runs_at_once: int = 1) -> TrainResult:
     """Train ``cfg.method`` on the manifest's train split with ``cfg.train.workers`` Ray Train workers,
     validating on its val split each epoch; write everything into ``out`` (see the module docstring).
 
@@ -219,15 +222,18 @@ def fit(manifest: Path, out: Path, cfg: Config, *, progress: bool = True, max_de
     experiments: a function with the contract of :func:`train_loop_per_worker`. ``callbacks``: more Ray Train
     callbacks for the trainer's run config (e.g. Tune's ``TuneReportCallback`` when a Tune trial drives this run).
     ``storage``: where Ray Train keeps checkpoints (a path every node reaches, or an object-store URI);
-    default ``out/checkpoints``.
+    default ``out/checkpoints``. ``runs_at_once``: how many runs share the cluster with this one (a study's or a
+    search's seeds; see ``cached_runs_at_once``): the CPU workers take that share of the CPUs.
     """
     with ray_session():
-        return _fit(Path(manifest), Path(out), cfg, progress, max_decoders, train_loop, callbacks, storage)
+        return _fit(Path(manifest), Path(out), cfg, progress, max_decoders, train_loop, callbacks, storage,
+                    runs_at_once)
 
 
 def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: int | None,
          train_loop: Callable[[dict[str, Any]], None],
-         callbacks: Sequence[ray.train.UserCallback] = (), storage: str | None = None) -> TrainResult:
+         callbacks: Sequence[ray.train.UserCallback] = (), storage: str | None = None,
+         runs_at_once: int = 1) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from emodis_ray.data.cache import find_cache
@@ -292,7 +298,7 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=world, use_gpu=cfg.train.use_gpu,
-            resources_per_worker=worker_resources(cfg, cluster_cpus())),
+            resources_per_worker=worker_resources(cfg, cluster_cpus(), runs_at_once)),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
@@ -308,6 +314,7 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
     # 3. Run it; a thread follows the reports (progress lines, TensorBoard).
     follow = _Follow(reports, out / "tensorboard", cfg.train.epochs, print if progress else None)
     follow.start()
+    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
@@ -317,6 +324,10 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
         raise fatal from None  # one line, as the worker raised it (Ray has logged the worker's traceback)
     finally:
         follow.stop()
+        # Ray Train's Ctrl-C handler holds the run's controller handle: left installed, it keeps the controller,
+        # and through it the data split coordinators and their blocks, alive until the next run (bench scale).
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
     elapsed = time.perf_counter() - t_start
 
     # 4. The run folder: metrics, bad clips, curves, the final model.

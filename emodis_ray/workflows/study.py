@@ -5,7 +5,9 @@ An arm is a method name (``mtl``, ``conf``, ...: the base config with that metho
 config file, e.g. a search's ``best.yaml``; the study's data settings are kept). Runs live in
 ``OUT/runs/<arm>/seed<k>/`` and are resumable one by one: a finished run is not trained again, an evaluated
 one not evaluated again, so an interrupted study picks up where it stopped. Runs go to the cluster as Ray
-tasks, as many at once as the CPU budget allows (each run's train workers plus one CPU for Ray Data).
+tasks, as many at once as the cluster holds: when the arms read a feature cache, one run per train worker's CPU (the
+epochs start no Ray Data task; two at once on two cores took 0.53 of the time), else each run's train workers
+plus one CPU for Ray Data.
 """
 
 from __future__ import annotations
@@ -63,15 +65,16 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
     return out / RUNS_DIR / arm / f"seed{seed}"
 
 
-def train_and_evaluate(manifest: str, run: str, cfg: dict[str, Any], n_boot: int, progress: bool) -> str:
+def train_and_evaluate(manifest: str, run: str, cfg: dict[str, Any], n_boot: int, progress: bool,
+                       runs_at_once: int = 1) -> str:
     """One (arm, seed): train (or resume, or keep a finished run), then evaluate (unless done). Runs on the
-    driver or as a Ray task; returns the run folder."""
+    driver or as a Ray task (``runs_at_once`` runs sharing the cluster); returns the run folder."""
     from emodis_ray.evaluation.evaluate import evaluate_run
     from emodis_ray.evaluation.records import EVALUATION_FILE, LEAKAGE_PREDICTIONS_FILE
     from emodis_ray.train.fit import fit
 
     path = Path(run)
-    fit(Path(manifest), path, replace(Config(), **cfg), progress=progress)
+    fit(Path(manifest), path, replace(Config(), **cfg), progress=progress, runs_at_once=runs_at_once)
     if not ((path / EVALUATION_FILE).exists() and (path / LEAKAGE_PREDICTIONS_FILE).exists()):
         evaluate_run(path, Path(manifest), n_boot=n_boot, progress=progress)
     return run
@@ -83,10 +86,15 @@ def run_study(manifest: Path, out: Path, arms: Sequence[Arm], seeds: Sequence[in
     """Train and evaluate every (arm, seed), then write ``OUT/study.json``, ``study.md`` and ``study.png``.
     ``frozen_trunk``: a trained run whose trunks stay fixed; only the embeddings and heads train (a screen,
     :mod:`emodis_ray.workflows.screen`)."""
-    import ray
-
     from emodis_ray.evaluation import study
-    from emodis_ray.runtime.session import cluster_cpus, cluster_gpus, max_concurrent_trials, ray_session
+    from emodis_ray.runtime.session import (
+        cached_runs_at_once,
+        cluster_cpus,
+        cluster_gpus,
+        max_concurrent_trials,
+        ray_session,
+        run_at_once,
+    )
 
     say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
@@ -102,29 +110,28 @@ def run_study(manifest: Path, out: Path, arms: Sequence[Arm], seeds: Sequence[in
             jobs = []
         workers = max(a.cfg.train.workers for a in arms)
         use_gpu = any(a.cfg.train.use_gpu for a in arms)
-        n = max_concurrent or max_concurrent_trials(workers, cluster_cpus(), cluster_gpus(), use_gpu)
+        if max_concurrent:
+            n = max_concurrent
+        elif all(a.cfg.data.cache_dir for a in arms):  # epochs read a materialised cache: no data CPU idles
+            n = cached_runs_at_once(workers, cluster_cpus(), cluster_gpus(), use_gpu)
+        else:
+            n = max_concurrent_trials(workers, cluster_cpus(), cluster_gpus(), use_gpu)
+        n = max(1, min(n, len(jobs)))
         if jobs:
             say(f"study: {len(arms)} arms x {len(seeds)} seeds = {len(jobs)} runs, {n} at a time -> {out}")
-        # 1. Each (arm, seed) trains and evaluates; one at a time here, or as 0-CPU Ray tasks whose train
-        #    workers and Ray Data tasks take the CPUs (the budget above leaves Ray Data one per run).
-        if n <= 1:
+        # 1. Each (arm, seed) trains and evaluates: one at a time here, or as zero-CPU Ray tasks whose train
+        #    workers share the CPUs but one, kept for Ray Data (``fit(..., runs_at_once=n)``).
+        if n == 1:
             for i, (arm, seed, run) in enumerate(jobs, 1):
                 say(f"[{i}/{len(jobs)}] {arm.name}, seed {seed} -> {run}")
-                cfg = replace(arm.cfg, train={"seed": seed})
-                train_and_evaluate(str(manifest), str(run), cfg.to_dict(), n_boot, progress)
+                train_and_evaluate(str(manifest), str(run), replace(arm.cfg, train={"seed": seed}).to_dict(), n_boot,
+                                   progress)
         else:
-            task = ray.remote(num_cpus=0)(train_and_evaluate)
-            pending: dict[Any, str] = {}
             for i, (arm, seed, run) in enumerate(jobs, 1):
-                while len(pending) >= n:
-                    done, _ = ray.wait(list(pending), num_returns=1)
-                    say(f"      done: {pending.pop(done[0])} ({ray.get(done[0])})")
-                cfg = replace(arm.cfg, train={"seed": seed})
-                pending[task.remote(str(manifest), str(run), cfg.to_dict(), n_boot, False)] = f"{arm.name}/{seed}"
-                say(f"[{i}/{len(jobs)}] {arm.name}, seed {seed} started -> {run}")
-            for ref, what in pending.items():
-                ray.get(ref)
-                say(f"      done: {what}")
+                say(f"[{i}/{len(jobs)}] {arm.name}, seed {seed} -> {run}")
+            calls = [(f"{arm.name}/{seed}", (str(manifest), str(run), replace(arm.cfg, train={"seed": seed}).to_dict(),
+                                             n_boot, False, n)) for arm, seed, run in jobs]
+            run_at_once(train_and_evaluate, calls, n, lambda label, _: say(f"      done: {label}"))
 
     # 2. The figures: per arm and seed, per arm, each arm against the first.
     data = {a.name: [study.load_run(run_dir(out, a.name, s), s) for s in seeds] for a in arms}

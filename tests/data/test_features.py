@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from emodis_ray.data.features import (
     frames_per_segment,
     num_segments,
 )
-from emodis_ray.data.rows import collate, from_row, to_row
+from emodis_ray.data.rows import FaceDecoder, collate, from_row, to_row
 
 CFG = FeatureConfig(clip_s=3.0, segment_s=1.0, hop_s=0.5, face_size=32)
 
@@ -124,6 +125,40 @@ def test_jpeg_faces_round_trip_within_tolerance_and_the_log_mel_exactly(tmp_path
         b = collate({k: [v] for k, v in jpg.items()}, cfg, train=train, seed=1, epoch=2)
         assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["mask"], b["mask"])
         assert (a["faces"].int() - b["faces"].int()).abs().float().mean() < 4.0
+
+
+def _jpeg_batch(tmp_path: Path, clips: int = 4) -> tuple[dict[str, list[Any]], FeatureConfig]:
+    cfg = FeatureConfig(clip_s=3.0, segment_s=1.0, hop_s=0.5, face_size=64, face_quality=90)
+    segs = extract_segments(_face_clip(tmp_path / "a.mp4", 4.3), None, cfg)
+    rows = [to_row(f"c{i}", "train", 0, 0, segs, cfg, "jpeg") for i in range(clips)]
+    return {k: [r[k] for r in rows] for k in rows[0]}, cfg
+
+
+def test_threaded_jpeg_decode_gives_the_same_faces_as_one_thread(tmp_path: Path) -> None:
+    """The worker's thread pool splits a batch's JPEGs into chunks: the faces, their order and the crop are those of
+    the one-thread decode, bit for bit (4 clips x 5 kept faces = 20 JPEGs: two chunks of 10)."""
+    batch, cfg = _jpeg_batch(tmp_path)
+    pool = FaceDecoder(threads=2)
+    try:
+        for train in (False, True):
+            one = collate(batch, cfg, train=train, seed=3, epoch=1, decoder=FaceDecoder(threads=1))
+            two = collate(batch, cfg, train=train, seed=3, epoch=1, decoder=pool)
+            assert pool._pool is not None  # the pool did the work
+            assert one["faces"].shape == (4, 5, 3, 64, 64) and torch.equal(one["faces"], two["faces"])
+            assert torch.equal(one["audio"], two["audio"]) and one["clip_id"] == two["clip_id"]
+    finally:
+        pool.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_cuda_jpeg_decode_agrees_with_the_cpu_decode(tmp_path: Path) -> None:
+    """On a GPU worker the faces are decoded on the card and stay there; they agree with the CPU decode within
+    the JPEG tolerance (decoders may round the IDCT differently)."""
+    batch, cfg = _jpeg_batch(tmp_path)
+    cpu = collate(batch, cfg, train=False)
+    gpu = collate(batch, cfg, train=False, decoder=FaceDecoder(device="cuda"))
+    assert gpu["faces"].is_cuda and gpu["faces"].shape == cpu["faces"].shape
+    assert (gpu["faces"].cpu().int() - cpu["faces"].int()).abs().float().mean() < 2.0
 
 
 @pytest.mark.parametrize(

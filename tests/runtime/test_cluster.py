@@ -3,6 +3,8 @@
 The Ray tests start one cluster (a head and one worker node, two logical CPUs each) with cluster/local-up.sh
 and stop it with cluster/local-down.sh. A two-worker TorchTrainer runs once with one worker per node
 (STRICT_SPREAD) and once with both on one node (STRICT_PACK): same data shards, same seeds, so the same metrics.
+The feature cache lives on a path every node sees (shared storage): preprocess writes it from decode actors on
+the cluster, and a two-worker trainer with one worker per node reads it, each worker its own rows.
 """
 
 from __future__ import annotations
@@ -272,6 +274,85 @@ def test_two_nodes_give_the_same_metrics_as_one(cluster: LocalCluster, monkeypat
         assert Path(r.path).parent == storage and Path(r.path).is_dir()  # the run lives on the shared path
         with r.checkpoint.as_directory() as d:
             assert json.loads((Path(d) / "metrics.json").read_text())["nodes"] == r.metrics["nodes"]
+
+
+def cache_reader_loop(config: dict[str, Any]) -> None:
+    """Two epochs over this worker's shard of the cached train rows, collated as the trainer does (JPEG faces
+    decoded here, after the object-store hop); reports the clip ids each rank read and where it ran."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    from emodis_ray.config import FeatureConfig
+    from emodis_ray.data.rows import FaceDecoder, collate
+
+    features = FeatureConfig(**config["features"])
+    decoder = FaceDecoder(threads=2)
+    shard = ray.train.get_dataset_shard("train")
+    epochs = []
+    for epoch in range(2):
+        ids = []
+        for b in shard.iter_batches(batch_size=4, batch_format="numpy"):
+            batch = collate(b, features, train=True, seed=0, epoch=epoch, decoder=decoder)
+            assert batch["faces"].shape[:2] == batch["mask"].shape and batch["faces"].float().mean() > 0
+            ids += batch["clip_id"]
+        epochs.append(ids)
+    world = ray.train.get_context().get_world_size()
+    got = [None] * world
+    dist.all_gather_object(got, {"epochs": epochs, "node": ray.get_runtime_context().get_node_id()})
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if ray.train.get_context().get_world_rank() == 0:
+            (Path(tmp) / "read.json").write_text(json.dumps(got))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"ranks": world}, checkpoint=ckpt)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_the_cache_on_shared_storage_feeds_one_worker_per_node(cluster: LocalCluster,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    import pandas as pd
+    import ray.train
+    from helpers.media import make_clip
+    from ray.train.torch import TorchTrainer
+
+    from emodis_ray.config import load_config, replace
+    from emodis_ray.data.ingest import cache_rows, preprocess
+    from emodis_ray.data.manifest import write_manifest
+    from emodis_ray.data.sources import table_manifest
+    from emodis_ray.train.fit import _Sharding
+
+    shared = cluster.dir / "shared"  # one path every node sees: the clips, the manifest and the cache
+    shared.mkdir(exist_ok=True)
+    rows = []
+    for i in range(10):
+        make_clip(shared / f"c{i}.mp4", 2.0 + 0.3 * i)
+        rows.append((f"c{i}", f"c{i}.mp4", f"spk{i % 2}", "anger" if i % 3 else "neutral", "train"))
+    pd.DataFrame(rows, columns=["clip_id", "video_path", "speaker", "emotion", "split"]).to_csv(
+        shared / "clips.csv", index=False)
+    df, _ = table_manifest(shared / "clips.csv")
+    write_manifest(df, shared / "manifest.parquet")
+    cfg = replace(load_config("tiny"), features={"face_codec": "jpeg"}, data={"rows_per_shard": 3})
+
+    with _connect(cluster, monkeypatch):
+        view = preprocess(shared / "manifest.parquet", shared / "cache", cfg, progress=False, max_decoders=2)
+        assert view.clips == 10 and len(view.parts("train")) == 4  # parts of <= 3 clips, written by actors
+        trainer = TorchTrainer(
+            cache_reader_loop,  # pickled by reference: the workers import it from this folder (PYTHONPATH)
+            train_loop_config={"features": dict(cfg.to_dict()["features"])},
+            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1},
+                                                   placement_strategy="STRICT_SPREAD"),
+            run_config=ray.train.RunConfig(name="cache-two-nodes", storage_path=str(cluster.dir / "shared-runs")),
+            datasets={"train": cache_rows(view, "train", materialize=False)}, dataset_config=_Sharding())
+        result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        ranks = json.loads((Path(d) / "read.json").read_text())
+    assert len({r["node"] for r in ranks}) == 2  # one worker per node
+    for epoch in range(2):
+        a, b = (set(r["epochs"][epoch]) for r in ranks)
+        assert not a & b  # each worker reads its own rows ...
+        assert len(a) == len(b) == 5 and a | b == {f"c{i}" for i in range(10)}  # ... and together every row
 
 
 @pytest.mark.ray

@@ -49,3 +49,33 @@ def test_the_console_stays_quiet_unless_verbose(capfd: pytest.CaptureFixture[str
                   "Execution plan"):
         assert noise not in err, err
     assert not ray.is_initialized()
+
+
+def test_cached_runs_share_the_cpus_and_always_leave_ray_data_one() -> None:
+    """Runs over a materialised cache: one per train worker's CPU (two 1-worker runs on two cores), capped by
+    GPUs and by memory; their workers split every CPU but Ray Data's."""
+    from emodis_ray.config import load_config, replace
+    from emodis_ray.runtime.session import cached_runs_at_once
+    from emodis_ray.train.fit import worker_resources
+
+    assert cached_runs_at_once(1, 2, memory_gb=24) == 2
+    assert cached_runs_at_once(2, 2, memory_gb=24) == 1
+    assert cached_runs_at_once(1, 16, memory_gb=7) == 2  # 3 GB a run
+    assert cached_runs_at_once(1, 16, gpus=2, use_gpu=True, memory_gb=500) == 2
+    cfg = load_config("tiny")
+    assert worker_resources(cfg, 2) == {"CPU": 1.0}
+    assert worker_resources(cfg, 2, runs_at_once=2) == {"CPU": 0.5}  # 2 x 0.5: one CPU stays for Ray Data
+    assert worker_resources(replace(cfg, train={"workers": 2}), 4, runs_at_once=2) == {"CPU": 0.75}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_run_at_once_returns_every_result_in_order_and_reports_each() -> None:
+    from emodis_ray.runtime.session import run_at_once
+
+    seen: list[str] = []
+    with ray_session(num_cpus=2, dashboard=False):
+        power = lambda a, b: a**b  # noqa: E731 (a Python function, pickled by value for the tasks)
+        got = run_at_once(power, [(f"2^{k}", (2, k)) for k in range(5)], 2, lambda label, r: seen.append(label))
+    assert got == [1, 2, 4, 8, 16] and sorted(seen) == sorted(f"2^{k}" for k in range(5))
+    assert run_at_once(pow, [("a", (3, 2))], 1) == [9]  # one at a time: on this process, no Ray needed

@@ -47,14 +47,18 @@ class ScaleBench:
     def format(self) -> str:
         lines = [f"scale benchmark: {self.cpus} CPUs ({self.config}); ms per clip of each stage", "",
                  f"{'clips':>7}{'synth':>8}" + "".join(f"{s:>11}" for s in STAGES) + f"{'pipeline':>10}"
-                 f"{'train/clip':>11}{'driver MB':>10}{'worker MB':>10}{'w. USS MB':>10}{'store MB':>9}"]
+                 f"{'train/clip':>11}{'driver MB':>10}{'worker MB':>10}{'w. USS MB':>10}{'w. own MB':>10}"
+                 f"{'store MB':>9}"]
         for r in self.sizes:
             ms = r["ms_per_clip"]
             lines.append(f"{r['clips']:>7}{ms['synth']:>8.0f}" + "".join(f"{ms[s]:>11.1f}" for s in STAGES)
                          + f"{ms['pipeline']:>10.1f}{ms['train_steady']:>11.1f}{r['driver_peak_mb']:>10.0f}"
                          f"{r['worker_peak_mb']:>10.0f}{r.get('worker_uss_peak_mb', 0):>10.0f}"
+                         f"{r.get('worker_own_peak_mb', 0):>10.0f}"
                          f"{r['store_peak_mb']:>9.0f}")
-        lines += ["", "largest worker (RSS, then private memory) at each size: " + "; ".join(
+        lines += ["", "w. USS: the largest worker's private memory; w. own: the same less the object-store pages "
+                      "it alone still maps (the store's, bounded by its capacity)"]
+        lines += ["largest worker (RSS, then private memory) at each size: " + "; ".join(
             f"{r['clips']}: {r.get('worker_peak_name', '?')}, {r.get('worker_uss_peak_name', '?')}"
             for r in self.sizes)]
         if self.metadata:
@@ -94,7 +98,8 @@ class PeakSampler:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self.driver = self.worker = self.workers_total = self.store = self.worker_uss = 0.0
+        self.driver = self.worker = self.workers_total = self.store = 0.0
+        self.worker_uss = self.worker_uss_store = self.worker_own = 0.0
         self.worker_name = self.worker_uss_name = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -127,14 +132,28 @@ class PeakSampler:
                     self.worker, self.worker_name = mem.rss / MB, name
                 if store:
                     try:
-                        uss = p.memory_full_info().uss / MB
+                        uss, in_store = private_mb(p)
                     except (psutil.Error, OSError):  # the worker exited meanwhile
                         continue
                     if uss > self.worker_uss:
-                        self.worker_uss, self.worker_uss_name = uss, name
+                        self.worker_uss, self.worker_uss_store, self.worker_uss_name = uss, in_store, name
+                    self.worker_own = max(self.worker_own, uss - in_store)
         self.workers_total = max(self.workers_total, total)
         if store:
             self.store = max(self.store, object_store_used_mb())
+
+
+def private_mb(p: Any) -> tuple[float, float]:
+    """A process's private memory (USS: pages no other process maps) in MB, and the part of it that lies in the
+    object store's shared-memory file: store pages this process was the last one left to map (a reader of a block
+    whose writer has exited). Those pages are the store's, bounded by its capacity, not the process's own."""
+    uss = in_store = 0
+    for m in p.memory_maps(grouped=True):
+        private = m.private_clean + m.private_dirty
+        uss += private
+        if "plasma" in m.path:
+            in_store += private
+    return uss / MB, in_store / MB
 
 
 def object_store_used_mb() -> float:
@@ -212,7 +231,8 @@ def measure_size(clips: int, work: Path, cfg: Config, say: Callable[..., object]
             "seconds": s, "ms_per_clip": ms, "train_clips": int(ep["train_clips"]),
             "driver_peak_mb": mem.driver, "worker_peak_mb": mem.worker, "workers_total_peak_mb": mem.workers_total,
             "worker_peak_name": mem.worker_name, "worker_uss_peak_mb": mem.worker_uss,
-            "worker_uss_peak_name": mem.worker_uss_name,
+            "worker_uss_peak_name": mem.worker_uss_name, "worker_uss_store_mb": mem.worker_uss_store,
+            "worker_own_peak_mb": mem.worker_own,
             "store_peak_mb": mem.store, "synth": asdict(cfg.synth)}
 
 
@@ -273,6 +293,7 @@ def bench_scale(sizes: Sequence[int], cfg: Config, workdir: Path, metadata_entri
         res.ratios["driver_peak"] = hi["driver_peak_mb"] / lo["driver_peak_mb"]
         res.ratios["worker_peak"] = hi["worker_peak_mb"] / lo["worker_peak_mb"]
         res.ratios["worker_uss_peak"] = hi["worker_uss_peak_mb"] / max(lo["worker_uss_peak_mb"], 1e-9)
+        res.ratios["worker_own_peak"] = hi["worker_own_peak_mb"] / max(lo["worker_own_peak_mb"], 1e-9)
     return res
 
 

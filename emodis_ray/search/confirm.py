@@ -58,17 +58,18 @@ def measure_seed(manifest: Path, run: Path, cfg: Config, f1_epochs: int, probe_s
     return figures
 
 
-def run_arms(manifest: Path, out: Path, arms: Sequence[tuple[str, Config]], seeds: Sequence[int], f1_epochs: int,
-             probe_seed: int, say: Say) -> dict[str, list[dict[str, float]]]:
-    """Every seed of every arm (see :func:`measure_seed`): as many runs at once as the cluster holds when they read
-    a feature cache (``cached_runs_at_once``: two on two cores), else one after another. ``{arm: per seed}``."""
-    from emodis_ray.runtime.session import cached_runs_at_once, cluster_cpus, cluster_gpus, run_at_once
+Job = tuple[str, Config, int]  # (arm, config, training seed)
 
-    jobs = [(name, cfg, s) for name, cfg in arms for s in seeds]
+
+def run_arms(manifest: Path, out: Path, jobs: Sequence[Job], f1_epochs: int, probe_seed: int,
+             say: Say) -> dict[str, list[dict[str, float]]]:
+    """Every ``(arm, config, seed)`` job (see :func:`measure_seed`): as many at once as the cluster holds when they
+    read a feature cache (``cached_runs_at_once``: two on two cores), else one after another.
+    ``{arm: figures per seed, in job order}``."""
+    from emodis_ray.runtime.session import run_at_once
+
     fresh = {(name, s): not (confirm_dir(out, name, s) / VAL_FILE).exists() for name, _, s in jobs}
-    cfg0 = arms[0][1]
-    n = min(len(jobs), cached_runs_at_once(max(c.train.workers for _, c in arms), cluster_cpus(), cluster_gpus(),
-                                           cfg0.train.use_gpu)) if all(c.data.cache_dir for _, c in arms) else 1
+    n = min(len(jobs), runs_at_once([cfg for _, cfg, _ in jobs]))
     if n > 1 and any(fresh.values()):
         say(f"      {sum(fresh.values())} run(s) to train, {n} at a time")
 
@@ -80,11 +81,21 @@ def run_arms(manifest: Path, out: Path, arms: Sequence[tuple[str, Config]], seed
 
     calls = [(f"{name}/{s}", (manifest, confirm_dir(out, name, s), replace(cfg, train={"seed": s}), f1_epochs,
                               probe_seed, n)) for name, cfg, s in jobs]
-    figs = run_at_once(measure_seed, calls, n, done)
-    out_: dict[str, list[dict[str, float]]] = {name: [] for name, _ in arms}
-    for (name, _, _), fig in zip(jobs, figs, strict=True):
-        out_[name].append(fig)
-    return out_
+    per_arm: dict[str, list[dict[str, float]]] = {}
+    for (name, _, _), fig in zip(jobs, run_at_once(measure_seed, calls, n, done), strict=True):
+        per_arm.setdefault(name, []).append(fig)
+    return per_arm
+
+
+def runs_at_once(cfgs: Sequence[Config]) -> int:
+    """How many end-to-end runs of these configs the cluster trains at once: ``cached_runs_at_once`` when every
+    one reads a feature cache (an epoch over a cache starts no Ray Data task), else 1."""
+    from emodis_ray.runtime.session import cached_runs_at_once, cluster_cpus, cluster_gpus
+
+    if not cfgs or not all(c.data.cache_dir for c in cfgs):
+        return 1
+    return cached_runs_at_once(max(c.train.workers for c in cfgs), cluster_cpus(), cluster_gpus(),
+                               cfgs[0].train.use_gpu)
 
 
 def summarise(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Any]:
@@ -96,22 +107,32 @@ def summarise(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     return out
 
 
-def mtl_baseline(manifest: Path, out: Path, cfg: Config, n_seeds: int, f1_epochs: int, probe_seed: int,
-                 say: Say) -> dict[str, Any]:
-    """The MTL baseline (the base config, ``method.name=mtl``) over ``n_seeds`` seeds: its means set the floors;
-    its first seed's trunk is the one the screen keeps fixed."""
-    mtl = replace(cfg, method={"name": "mtl"})
-    seeds = seeds_of(cfg, n_seeds)
-    say(f"MTL baseline, {n_seeds} seed(s) end to end (sets the emotion-F1 and identity floors) ...")
-    summary = summarise(run_arms(manifest, out, [("mtl", mtl)], seeds, f1_epochs, probe_seed, say)["mtl"])
-    return {**summary, "source": f"MTL baseline, {n_seeds} seed(s)",
+def mtl_config(cfg: Config) -> Config:
+    return replace(cfg, method={"name": "mtl"})
+
+
+def mtl_baseline(manifest: Path, out: Path, cfg: Config, seeds: Sequence[int], f1_epochs: int, probe_seed: int,
+                 say: Say, planned: int | None = None) -> dict[str, Any]:
+    """The MTL baseline (the base config, ``method.name=mtl``) at ``seeds``: its means set the floors; its first
+    seed's trunk is the one the screen keeps fixed. ``planned``: the baseline's seeds in all, when the rest train
+    later (beside stage 2: see `search`)."""
+    n = planned or len(seeds)
+    later = f"; {n - len(seeds)} more beside stage 2" if n > len(seeds) else ""
+    say(f"MTL baseline, {len(seeds)} seed(s) end to end{later} (sets the emotion-F1 and identity floors) ...")
+    per_seed = run_arms(manifest, out, [("mtl", mtl_config(cfg), s) for s in seeds], f1_epochs, probe_seed, say)
+    return {**summarise(per_seed["mtl"]), "source": f"MTL baseline, {len(seeds)} seed(s)", "planned": n,
             "runs": [str(confirm_dir(out, "mtl", s)) for s in seeds]}
 
 
 def stage2(manifest: Path, out: Path, candidates: Sequence[tuple[str, Config]], seeds: Sequence[int],
-           f1_epochs: int, probe_seed: int, say: Say) -> dict[str, dict[str, Any]]:
-    """Stage 2: every candidate ``(name, config)`` end to end at every seed; ``{name: summarise(...)}``."""
+           f1_epochs: int, probe_seed: int, say: Say, beside: Sequence[Job] = ()) -> dict[str, dict[str, Any]]:
+    """Stage 2: every candidate ``(name, config)`` end to end at every seed; ``{name: summarise(...)}``.
+    ``beside``: other jobs trained in the same rounds (the baseline's last seeds), not summarised here."""
     for i, (name, cfg) in enumerate(candidates, 1):
         say(f"stage 2 [{i}/{len(candidates)}]: {name} ({cfg.method.name}) at seeds {', '.join(map(str, seeds))}")
-    per_arm = run_arms(manifest, out, candidates, seeds, f1_epochs, probe_seed, say)
+    if beside:
+        say(f"      with {len(beside)} baseline run(s) beside them: "
+            + ", ".join(f"{name} seed {s}" for name, _, s in beside))
+    jobs = [*beside, *((name, cfg, s) for name, cfg in candidates for s in seeds)]
+    per_arm = run_arms(manifest, out, jobs, f1_epochs, probe_seed, say)
     return {name: summarise(per_arm[name]) for name, _ in candidates}

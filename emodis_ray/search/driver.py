@@ -11,7 +11,7 @@ The search folder ``OUT``::
 
     search.json          what the search is (space, config, manifest, floor, rounds); checked on --resume
     optuna.db            the Optuna study (SQLite): every told trial; reloaded to extend a search
-    baseline/            the MTL baseline run (when the floor was not given)
+    confirm/runs/<arm>/seed<k>/  end-to-end runs: the MTL baseline (its floors) and stage 2; screen/: the trunk
     search/, search-2/   Ray Tune experiments (one per round; a round is resumed with Tuner.restore)
     runs/<trial id>/     each trial's run folder: trial.json (params, seed, manifest hash), config.yaml,
                          metrics, model.pt, result.json (validation probes) or error.txt
@@ -34,7 +34,7 @@ import pandas as pd
 from ray import tune
 
 from emodis_ray.config import Config, replace
-from emodis_ray.search.confirm import mtl_baseline, seeds_of, stage2, summarise
+from emodis_ray.search.confirm import mtl_baseline, mtl_config, run_arms, runs_at_once, seeds_of, stage2, summarise
 from emodis_ray.search.outputs import collect, fmt, trial_error, write_outputs
 from emodis_ray.search.screen import TRUNK_FILE
 from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, smoothed_f1, top_k, trial_concurrency
@@ -93,10 +93,16 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
             "space": str(space.path), "space_digest": space.digest(), "config_hash": base.hash(), "manifest_hash": mh,
             "multi_objective": multi_objective, "grid": grid, "seed": seed, "stage1": stage1})
         if state.get("floor") is None:
-            state.update(resolve_floors(space, manifest, out, base, floor, baseline, seeds, seed, say))
+            # With the screen and a stage 2, the baseline trains one full round of seeds now (the screen needs
+            # only the first seed's trunk) and its last seeds beside stage 2's runs, in the same rounds.
+            later = stage1 == "screen" and top > 0 and floor is None and baseline is None
+            first = min(seeds, runs_at_once([base])) if later else seeds
+            state.update(resolve_floors(space, manifest, out, base, floor, baseline, seeds, seed, say, first))
             _save_state(out, state)
+        rest = baseline_seeds_left(state, base)
         say(f"floors: emotion F1 {100 * state['floor']:.1f} %, identity {_pc(state.get('id_floor'))} "
-            f"({state['baseline'].get('source', 'given')})")
+            f"({state['baseline'].get('source', 'given')}" + (f"; final once seed(s) {', '.join(map(str, rest))} "
+                                                              "train beside stage 2)" if rest else ")"))
         if stage1 == "screen":
             trainable, concurrency = _screen_trainable(space, manifest, out, base, state, seed, max_concurrent, say)
             _save_state(out, state)
@@ -147,9 +153,17 @@ def search(space: Space, manifest: Path, out: Path, cfg: Config, trials: int, *,
         confirmed: dict[str, dict[str, Any]] = {}
         if top > 0 and not interrupted and seeds > 0:
             picks = top_k(rows, top, list(space.params))
+            beside = [("mtl", mtl_config(base), s) for s in rest]
             if picks:
                 confirmed = stage2(manifest, out, [(str(r["trial_id"]), _trial_config(r)) for r in picks],
-                                   seeds_of(base, seeds), space.f1_epochs, seed, say)
+                                   seeds_of(base, seeds), space.f1_epochs, seed, say, beside=beside)
+            elif beside:
+                run_arms(manifest, out, beside, space.f1_epochs, seed, say)
+            if rest:  # every baseline seed is trained now: the final floors (kept runs, nothing trains)
+                state.update(resolve_floors(space, manifest, out, base, None, None, seeds, seed, say))
+                _save_state(out, state)
+                say(f"floors over all {seeds} baseline seeds: emotion F1 {100 * state['floor']:.1f} %, "
+                    f"identity {_pc(state.get('id_floor'))}")
 
     best = write_outputs(out, rows, space, state, multi_objective, confirmed, top > 0 and seeds > 0)
     res = SearchResult(out=out, rows=rows, best=dict(best) if best else None, floor=float(state["floor"]),
@@ -216,11 +230,12 @@ def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
 
 
 def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None,
-                   baseline: Path | None, seeds: int, probe_seed: int, say: Say) -> dict[str, Any]:
+                   baseline: Path | None, seeds: int, probe_seed: int, say: Say,
+                   first: int | None = None) -> dict[str, Any]:
     """``{"floor", "id_floor", "baseline"}``: the emotion-F1 and identity floors, each the MTL baseline's mean
-    over ``seeds`` seeds minus the space's tolerance; from one ``baseline`` run when given;
-    ``floor`` replaces the F1 floor and drops the identity floor. The baseline is trained whenever a trunk or
-    a reference is needed."""
+    over ``seeds`` seeds minus the space's tolerance (over its ``first`` seeds only, when the rest train later:
+    :func:`baseline_seeds_left`); from one ``baseline`` run when given; ``floor`` replaces the F1 floor and drops
+    the identity floor. The baseline is trained whenever a trunk or a reference is needed."""
     info: dict[str, Any] = {"source": "given"}
     if baseline is not None:
         f1 = baseline_f1(baseline, space.f1_epochs)
@@ -228,7 +243,8 @@ def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: 
         info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())],
                 "val_spk_acc": smoothed_f1([r.get("val_spk_acc", float("nan")) for r in rows], space.f1_epochs)}
     elif seeds > 0:
-        info = mtl_baseline(manifest, out, cfg, seeds, space.f1_epochs, probe_seed, say)
+        info = mtl_baseline(manifest, out, cfg, seeds_of(cfg, seeds)[:first], space.f1_epochs, probe_seed, say,
+                            planned=seeds)
     if floor is not None:
         return {"floor": float(floor), "id_floor": None, "baseline": {**info, "source": "given"}}
     if "val_emo_f1" not in info:
@@ -236,6 +252,12 @@ def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: 
     f1_floor = floor_from_baseline(info["val_emo_f1"], space.tolerance)
     id_floor = floor_from_baseline(info["val_spk_acc"], space.tolerance) if "val_spk_acc" in info else None
     return {"floor": f1_floor, "id_floor": id_floor, "baseline": info}
+
+
+def baseline_seeds_left(state: dict[str, Any], cfg: Config) -> list[int]:
+    """The MTL baseline's seeds still to train: those planned beyond the runs it has."""
+    info = state.get("baseline", {})
+    return seeds_of(cfg, int(info.get("planned", 0)))[len(info.get("runs", [])):]
 
 
 def _screen_trainable(space: Space, manifest: Path, out: Path, base: Config, state: dict[str, Any], seed: int,
@@ -249,7 +271,7 @@ def _screen_trainable(space: Space, manifest: Path, out: Path, base: Config, sta
     feats = trunk_features(trunk_run, manifest, base, out / "screen")
     trunk = trunk_kwargs_of(trunk_run)
     if state.get("screen_floors") is None:
-        n = max(1, int(state["baseline"].get("n", 1)))
+        n = max(1, int(state["baseline"].get("planned", state["baseline"].get("n", 1))))
         mtl = replace(base, method={"name": "mtl"})
         say(f"screened MTL on the frozen trunk of {trunk_run.name}, {n} seed(s) (the screen's floors) ...")
         per_seed = [{**screen_val(feats, replace(mtl, train={"seed": s}), trunk, seed), "seed": float(s)}

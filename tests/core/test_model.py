@@ -78,3 +78,21 @@ def test_unwrap_and_flops():
     f_full, f_half = flops_per_clip(model, full), flops_per_clip(model, half)
     assert f_full > 0 and 2.5 < f_full / f_half < 3.5  # the trunks dominate and run on real segments only
     assert model.training
+
+
+@pytest.mark.parametrize("given", [None, "512"])
+def test_the_package_bounds_onednn_kernel_cache_unless_the_user_set_it(given: str | None) -> None:
+    """Every process that runs the model imports the package, which caps oneDNN's per-shape kernel cache before
+    the first kernel (a worker's memory otherwise grew with the batch shapes it had seen); a user's value wins.
+    The check runs a convolution in a fresh interpreter, as a Ray worker would."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if given is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
+    code = ("import emodis_ray, os, torch; torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3));"
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == (given or "64")

@@ -392,32 +392,41 @@ objective: {tolerance: 0.5}  # loose floors: the tiny set's runs are too short t
 @pytest.mark.timeout(1200)
 def test_two_stage_search_confirms_exactly_the_top_k(data: tuple[Path, Config], tmp_path: Path) -> None:
     """Stage 1 screens on the MTL baseline's frozen trunk; stage 2 trains exactly its best configuration end to
-    end at two distinct seeds (top 1: every end-to-end run costs Ray Train's start-up here) and chooses it only
-    when its means meet the floors; best.yaml is a plain config without the data's paths."""
+    end at three distinct seeds (top 1: every end-to-end run costs Ray Train's start-up here) and chooses it only
+    when its means meet the floors; best.yaml is a plain config without the data's paths. The baseline trains
+    one round of seeds (two on two CPUs) before the screen and its third seed beside stage 2; the floors are
+    its means over all three."""
     from emodis_ray.search.select import top_k
 
     manifest, cfg = data
     (tmp_path / "space.yaml").write_text(CONF_SPACE)
     space, out = load_space(tmp_path / "space.yaml"), tmp_path / "out"
-    res = run_search(space, manifest, out, cfg, 3, seed=1, progress=False, top=1, seeds=2)
+    res = run_search(space, manifest, out, cfg, 3, seed=1, progress=False, top=1, seeds=3)
     state = json.loads((out / "search.json").read_text())
-    # the floors: the baseline's mean over its two seeds minus the tolerance
-    base = [json.loads((out / "confirm" / "runs" / "mtl" / f"seed{s}" / "val.json").read_text()) for s in (7, 8)]
+    # the floors: the baseline's mean over its three seeds minus the tolerance
+    mtl = out / "confirm" / "runs" / "mtl"
+    base = [json.loads((mtl / f"seed{s}" / "val.json").read_text()) for s in (7, 8, 9)]
     assert res.floor == pytest.approx(np.mean([b["val_emo_f1"] for b in base]) - 0.5)
     assert res.id_floor == pytest.approx(np.mean([b["val_spk_acc"] for b in base]) - 0.5)
-    assert state["screen_floors"]["reference"]["n"] == 2  # the screen's floors: MTL screened at the same seeds
+    assert state["baseline"]["n"] == 3 and len(state["baseline"]["runs"]) == 3
+    assert state["screen_floors"]["reference"]["n"] == 3  # the screen's floors: MTL screened at the same seeds
     df = pd.read_csv(out / "trials.csv")
     assert len(df) == 3 and (df["status"] == "completed").all()
     for tid in df["trial_id"]:
         assert json.loads((out / "runs" / tid / "trial.json").read_text())["screen"] is True
+    # seeds 7 and 8 trained before the screen, seed 9 after it (beside stage 2)
+    screened = [(out / "runs" / tid / "result.json").stat().st_mtime for tid in df["trial_id"]]
+    assert max((mtl / f"seed{s}" / "val.json").stat().st_mtime for s in (7, 8)) < min(screened)
+    assert (mtl / "seed9" / "val.json").stat().st_mtime > max(screened)
     picks = [r["trial_id"] for r in top_k(df.to_dict("records"), 1, list(space.params))]
     assert sorted(res.confirmed) == sorted(picks) and len(picks) == 1
     arms = sorted(p.name for p in (out / "confirm" / "runs").iterdir())
     assert arms == sorted(["mtl", *picks])
     for tid in picks:
-        assert res.confirmed[tid]["seeds"] == [7, 8]
-        seeds = [json.loads((out / "confirm" / "runs" / tid / f"seed{s}" / "val.json").read_text()) for s in (7, 8)]
-        assert [int(v["seed"]) for v in seeds] == [7, 8]
+        assert res.confirmed[tid]["seeds"] == [7, 8, 9]
+        seeds = [json.loads((out / "confirm" / "runs" / tid / f"seed{s}" / "val.json").read_text())
+                 for s in (7, 8, 9)]
+        assert [int(v["seed"]) for v in seeds] == [7, 8, 9]
         assert res.confirmed[tid]["val_leakage"] == pytest.approx(np.mean([v["val_leakage"] for v in seeds]))
     feasible = {t: a for t, a in res.confirmed.items()
                 if a["val_emo_f1"] >= res.floor and a["val_spk_acc"] >= res.id_floor}

@@ -1,4 +1,4 @@
-"""End-to-end runs over several seeds: the MTL baseline that sets a search's floors, and stage 2, which trains
+"""End-to-end runs over several seeds: the MTL baseline and the floors it sets, and stage 2, which trains
 the top k configurations of stage 1 end to end and chooses by the mean over seeds (docs/design.md §8).
 
 One trial measured once is one draw of training noise; a mean over seeds with its interval is a finding. The
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from emodis_ray.config import Config, replace
-from emodis_ray.search.select import mean_interval, run_f1, smoothed_f1
+from emodis_ray.search.select import floor_from_baseline, mean_interval, run_f1, smoothed_f1
+from emodis_ray.search.space import Space
 
 CONFIRM_DIR = "confirm"
 VAL_FILE = "val.json"  # a confirm run's validation figures
@@ -136,3 +137,46 @@ def stage2(manifest: Path, out: Path, candidates: Sequence[tuple[str, Config]], 
     jobs = [*beside, *((name, cfg, s) for name, cfg in candidates for s in seeds)]
     per_arm = run_arms(manifest, out, jobs, f1_epochs, probe_seed, say)
     return {name: summarise(per_arm[name]) for name, _ in candidates}
+
+
+def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
+    """A training run's validation emotion F1 (``metrics.json``): its last epoch's, or the mean of its last
+    ``f1_epochs`` epochs."""
+    f = run / "metrics.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{run}: no metrics.json: is it a finished `emodis train` run?")
+    rows = json.loads(f.read_text())
+    if not rows or "val_emo_f1" not in rows[-1]:
+        raise ValueError(f"{f}: no val_emo_f1 in its last epoch")
+    return run_f1(rows, f1_epochs)
+
+
+def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None,
+                   baseline: Path | None, seeds: int, probe_seed: int, say: Say,
+                   first: int | None = None) -> dict[str, Any]:
+    """``{"floor", "id_floor", "baseline"}``: the emotion-F1 and identity floors, each the MTL baseline's mean
+    over ``seeds`` seeds minus the space's tolerance (over its ``first`` seeds only, when the rest train later:
+    :func:`baseline_seeds_left`); from one ``baseline`` run when given; ``floor`` replaces the F1 floor and drops
+    the identity floor. The baseline is trained whenever a trunk or a reference is needed."""
+    info: dict[str, Any] = {"source": "given"}
+    if baseline is not None:
+        f1 = baseline_f1(baseline, space.f1_epochs)
+        rows = json.loads((Path(baseline) / "metrics.json").read_text())
+        info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())],
+                "val_spk_acc": smoothed_f1([r.get("val_spk_acc", float("nan")) for r in rows], space.f1_epochs)}
+    elif seeds > 0:
+        info = mtl_baseline(manifest, out, cfg, seeds_of(cfg, seeds)[:first], space.f1_epochs, probe_seed, say,
+                            planned=seeds)
+    if floor is not None:
+        return {"floor": float(floor), "id_floor": None, "baseline": {**info, "source": "given"}}
+    if "val_emo_f1" not in info:
+        raise ValueError("no floor: give --floor, --baseline RUN or --seeds >= 1 (an MTL baseline)")
+    f1_floor = floor_from_baseline(info["val_emo_f1"], space.tolerance)
+    id_floor = floor_from_baseline(info["val_spk_acc"], space.tolerance) if "val_spk_acc" in info else None
+    return {"floor": f1_floor, "id_floor": id_floor, "baseline": info}
+
+
+def baseline_seeds_left(state: dict[str, Any], cfg: Config) -> list[int]:
+    """The MTL baseline's seeds still to train: those planned beyond the runs it has."""
+    info = state.get("baseline", {})
+    return seeds_of(cfg, int(info.get("planned", 0)))[len(info.get("runs", [])):]

@@ -34,10 +34,19 @@ import pandas as pd
 from ray import tune
 
 from emodis_ray.config import Config, replace
-from emodis_ray.search.confirm import mtl_baseline, mtl_config, run_arms, runs_at_once, seeds_of, stage2, summarise
+from emodis_ray.search.confirm import (
+    baseline_seeds_left,
+    mtl_config,
+    resolve_floors,
+    run_arms,
+    runs_at_once,
+    seeds_of,
+    stage2,
+    summarise,
+)
 from emodis_ray.search.outputs import collect, fmt, trial_error, write_outputs
 from emodis_ray.search.screen import TRUNK_FILE
-from emodis_ray.search.select import asha_schedule, floor_from_baseline, run_f1, smoothed_f1, top_k, trial_concurrency
+from emodis_ray.search.select import asha_schedule, floor_from_baseline, top_k, trial_concurrency
 from emodis_ray.search.space import Space
 from emodis_ray.search.trial import TrialSetup, release_trial, run_trial, val_chances
 
@@ -215,49 +224,6 @@ def _save_state(out: Path, state: dict[str, Any]) -> None:
     tmp = out / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     tmp.replace(out / STATE_FILE)
-
-
-def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
-    """A training run's validation emotion F1 (``metrics.json``): its last epoch's, or the mean of its last
-    ``f1_epochs`` epochs."""
-    f = run / "metrics.json"
-    if not f.exists():
-        raise FileNotFoundError(f"{run}: no metrics.json: is it a finished `emodis train` run?")
-    rows = json.loads(f.read_text())
-    if not rows or "val_emo_f1" not in rows[-1]:
-        raise ValueError(f"{f}: no val_emo_f1 in its last epoch")
-    return run_f1(rows, f1_epochs)
-
-
-def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None,
-                   baseline: Path | None, seeds: int, probe_seed: int, say: Say,
-                   first: int | None = None) -> dict[str, Any]:
-    """``{"floor", "id_floor", "baseline"}``: the emotion-F1 and identity floors, each the MTL baseline's mean
-    over ``seeds`` seeds minus the space's tolerance (over its ``first`` seeds only, when the rest train later:
-    :func:`baseline_seeds_left`); from one ``baseline`` run when given; ``floor`` replaces the F1 floor and drops
-    the identity floor. The baseline is trained whenever a trunk or a reference is needed."""
-    info: dict[str, Any] = {"source": "given"}
-    if baseline is not None:
-        f1 = baseline_f1(baseline, space.f1_epochs)
-        rows = json.loads((Path(baseline) / "metrics.json").read_text())
-        info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())],
-                "val_spk_acc": smoothed_f1([r.get("val_spk_acc", float("nan")) for r in rows], space.f1_epochs)}
-    elif seeds > 0:
-        info = mtl_baseline(manifest, out, cfg, seeds_of(cfg, seeds)[:first], space.f1_epochs, probe_seed, say,
-                            planned=seeds)
-    if floor is not None:
-        return {"floor": float(floor), "id_floor": None, "baseline": {**info, "source": "given"}}
-    if "val_emo_f1" not in info:
-        raise ValueError("no floor: give --floor, --baseline RUN or --seeds >= 1 (an MTL baseline)")
-    f1_floor = floor_from_baseline(info["val_emo_f1"], space.tolerance)
-    id_floor = floor_from_baseline(info["val_spk_acc"], space.tolerance) if "val_spk_acc" in info else None
-    return {"floor": f1_floor, "id_floor": id_floor, "baseline": info}
-
-
-def baseline_seeds_left(state: dict[str, Any], cfg: Config) -> list[int]:
-    """The MTL baseline's seeds still to train: those planned beyond the runs it has."""
-    info = state.get("baseline", {})
-    return seeds_of(cfg, int(info.get("planned", 0)))[len(info.get("runs", [])):]
 
 
 def _screen_trainable(space: Space, manifest: Path, out: Path, base: Config, state: dict[str, Any], seed: int,

@@ -238,7 +238,7 @@ def _screen_trainable(space: Space, manifest: Path, out: Path, base: Config, sta
     trunk = trunk_kwargs_of(trunk_run)
     if state.get("screen_floors") is None:
         n = max(1, int(state["baseline"].get("planned", state["baseline"].get("n", 1))))
-        mtl = replace(base, method={"name": "mtl"})
+        mtl = mtl_config(base)
         say(f"screened MTL on the frozen trunk of {trunk_run.name}, {n} seed(s) (the screen's floors) ...")
         per_seed = [{**screen_val(feats, replace(mtl, train={"seed": s}), trunk, seed), "seed": float(s)}
                     for s in seeds_of(base, n)]

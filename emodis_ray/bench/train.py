@@ -2,12 +2,14 @@
 
 On the same feature cache and config:
   (a) the pure loop: ``core.loop.run_epoch`` + a checkpoint per epoch, in this process, no Ray;
+  (a') the same with the convolution weights in the plain NCHW layout instead of NHWC (``build_model``);
   (b) the same loop under ``TorchTrainer`` with one worker (``train.fit``);
   (c) the same with two workers.
 Per epoch: training seconds (inside ``train_epoch``) and whole-epoch seconds (training, validation,
 checkpoint, report; for Ray the time between two reports). Epoch 0 is warm-up and left out of the
 medians. Start-up = time to the first report minus one steady epoch. The overhead target is
-(b)/(a) - 1 <= 10 % per epoch after start-up.
+(b)/(a) - 1 <= 10 % per epoch after start-up. ``speedup_nhwc_train`` / ``_val``: (a')/(a) for the training pass
+and the validation pass.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class TrainBench:
         lines = [f"train benchmark: {self.clips_train} train / {self.clips_val} val clips, {self.epochs} epochs, "
                  f"{self.cpus} CPUs ({self.config})", "",
                  f"{'loop':<30}{'train s/ep':>11}{'epoch s':>9}{'clips/s':>9}{'start-up s':>12}"]
-        names = {"pure": "(a) pure loop, no Ray", "ray1": "(b) TorchTrainer, 1 worker",
+        names = {"pure": "(a) pure loop, no Ray", "pure_nchw": "(a') pure loop, NCHW weights",
+                 "ray1": "(b) TorchTrainer, 1 worker",
                  "ray2": "(c) TorchTrainer, 2 workers"}
         for k, name in names.items():
             if k in self.runs:
@@ -62,8 +65,9 @@ def _median(xs: list[float]) -> float:
 
 
 def pure_loop(view: CacheView, cfg: Config, num_speakers: int, workdir: Path,
-              progress: bool = True) -> dict[str, Any]:
-    """The per-worker loop without Ray: same rows, batch size, collate, method, validation, checkpoint."""
+              progress: bool = True, channels_last: bool = True) -> dict[str, Any]:
+    """The per-worker loop without Ray: same rows, batch size, collate, method, validation, checkpoint.
+    ``channels_last=False``: the convolution weights in the plain NCHW layout (see ``build_model``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -89,24 +93,27 @@ def pure_loop(view: CacheView, cfg: Config, num_speakers: int, workdir: Path,
             yield collate({c: [cols[c][i] for i in sel] for c in cols}, cfg.features, train, seed, epoch)
 
     seed_everything(seed)
-    model = build_model(**model_kwargs_of(cfg, num_speakers))
+    model = build_model(**model_kwargs_of(cfg, num_speakers), channels_last=channels_last)
     method = build_method(**asdict(cfg.method))
     opt = method.optimizers(model, cfg.optim.lr, cfg.optim.aux_lr, cfg.optim.weight_decay)
     sched = build_schedulers(opt, cfg.optim.lr_decay)
-    train_s, epoch_s, clips = [], [], 0.0
+    train_s, epoch_s, val_s, clips = [], [], [], 0.0
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
-        logs = run_epoch(model, batches("train", True, epoch), batches("val", False, epoch), method, opt, sched,
-                         epoch, cfg.train.epochs, "cpu", contextlib.nullcontext(), cfg.train.precise_bn_batches).logs
+        ep = run_epoch(model, batches("train", True, epoch), batches("val", False, epoch), method, opt, sched,
+                       epoch, cfg.train.epochs, "cpu", contextlib.nullcontext(), cfg.train.precise_bn_batches)
+        logs = ep.logs
         save_checkpoint(workdir / "pure.pt", model, opt, sched, epoch)
         train_s.append(logs["epoch_time_s"])
+        val_s.append(ep.val_s)
         epoch_s.append(time.perf_counter() - t0)
         clips = logs["clips"]
         if progress:
             print(f"  pure epoch {epoch + 1}/{cfg.train.epochs}: train {train_s[-1]:.2f} s, epoch {epoch_s[-1]:.2f} s, "
                   f"loss {logs['loss']:.4f}")
-    return {"train_s": _median(train_s[1:]), "epoch_s": _median(epoch_s[1:]),
-            "clips_per_s": clips / _median(train_s[1:]), "train_s_all": train_s, "epoch_s_all": epoch_s}
+    return {"train_s": _median(train_s[1:]), "epoch_s": _median(epoch_s[1:]), "val_s": _median(val_s[1:]),
+            "clips_per_s": clips / _median(train_s[1:]), "loss": logs["loss"], "train_s_all": train_s,
+            "epoch_s_all": epoch_s}
 
 
 def ray_loop(manifest: Path, out: Path, cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -155,11 +162,13 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
             res = TrainBench(clips_train=info.splits.get("train", 0), clips_val=info.splits.get("val", 0),
                              epochs=epochs, cpus=cpus, config=what)
 
-            say("(a) pure loop, one thread (as a one-CPU Ray worker) ...")
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-            try:
+            try:  # (a) with the NHWC weights the model is built with, and again with plain NCHW ones
+                say("(a) pure loop, one thread (as a one-CPU Ray worker) ...")
                 res.runs["pure"] = pure_loop(info, cfg, num_speakers, work, progress)
+                say("(a') the same with NCHW convolution weights (build_model(channels_last=False)) ...")
+                res.runs["pure_nchw"] = pure_loop(info, cfg, num_speakers, work, progress, channels_last=False)
             finally:
                 torch.set_num_threads(threads)
             for workers in (1, 2):
@@ -169,10 +178,12 @@ def bench_train(epochs: int = 4, cfg: Config | None = None, manifest: Path | Non
     finally:
         if tmp is not None:
             tmp.cleanup()
-    pure, r1, r2 = res.runs["pure"], res.runs["ray1"], res.runs["ray2"]
+    pure, nchw, r1, r2 = res.runs["pure"], res.runs["pure_nchw"], res.runs["ray1"], res.runs["ray2"]
     res.ratios = {"overhead_epoch": r1["epoch_s"] / pure["epoch_s"] - 1,
                   "overhead_train": r1["train_s"] / pure["train_s"] - 1,
-                  "speedup_2_workers": r1["epoch_s"] / r2["epoch_s"]}
+                  "speedup_2_workers": r1["epoch_s"] / r2["epoch_s"],
+                  "speedup_nhwc_train": nchw["train_s"] / pure["train_s"],
+                  "speedup_nhwc_val": nchw["val_s"] / pure["val_s"]}
     return res
 
 

@@ -67,12 +67,15 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
 
 def add_bench_train(bsub: argparse._SubParsersAction) -> None:
     b = bsub.add_parser(
-        "train", help="pure training loop vs the same loop under TorchTrainer (1 and 2 workers)",
+        "train", help="pure training loop vs the same loop under TorchTrainer (1 and 2 workers); NHWC vs NCHW",
         description="On one feature cache (by default a synthetic set of the config's synth.* size, written to a "
                     "temporary folder), measure in one run: (a) the pure per-epoch loop in this process without "
-                    "Ray, (b) the same loop under TorchTrainer with one worker, (c) with two workers. Prints "
-                    "seconds per epoch (training, and whole epochs with validation and checkpoint), clips/s, "
-                    "Ray start-up, and the ratios: overhead (b)/(a) - 1 (target <= 10 %) and the 2-worker speedup.")
+                    "Ray, (a') the same with the convolution weights in the plain NCHW layout instead of NHWC, "
+                    "(b) the loop under TorchTrainer with one worker, (c) with two workers. Prints seconds per "
+                    "epoch (training, and whole epochs with validation and checkpoint), clips/s, Ray start-up, and "
+                    "the ratios: overhead (b)/(a) - 1 (target <= 10 %), the 2-worker speedup and the NHWC "
+                    "speedups (a')/(a) of the training and validation passes.",
+        epilog="example: emodis bench train --manifest demo/manifest.parquet --config demo/config.yaml --epochs 4")
     b.add_argument("--epochs", type=int, default=4, help="epochs per loop; the first is warm-up (default: 4)")
     b.add_argument("--manifest", help="use this manifest instead of writing a synthetic set")
     b.add_argument("--workdir", help="keep the synthetic set, cache and runs here (default: a temp folder)")

@@ -252,11 +252,18 @@ def _aux_head(dim: int, classes: int, hidden: int) -> nn.Module:
 
 def build_model(num_speakers: int, width: float, emo_dim: int, spk_dim: int, pooling: str,
                 num_emotions: int = 5, dropout: float = 0.0, in_channels: int = 3,
-                aux_hidden: int = 0) -> MultitaskModel:
-    """Plain keyword arguments: ``build_model(num_speakers=P, **asdict(cfg.model), in_channels=C)``."""
-    return MultitaskModel(num_speakers=num_speakers, width=width, emo_dim=emo_dim, spk_dim=spk_dim,
-                          pooling=pooling, num_emotions=num_emotions, dropout=dropout,
-                          in_channels=in_channels, aux_hidden=aux_hidden)
+                aux_hidden: int = 0, channels_last: bool = True) -> MultitaskModel:
+    """Plain keyword arguments: ``build_model(num_speakers=P, **asdict(cfg.model), in_channels=C)``.
+
+    ``channels_last``: the trunks' convolution weights in the NHWC layout, so every convolution after the first
+    runs on NHWC activations. oneDNN (CPU) and cuDNN (GPU) run NHWC convolutions without reordering each call;
+    on two CPU cores it made a validation pass 1.6x and a training step 1.35x faster, with the same numbers up
+    to float rounding (`emodis bench train`, docs/design.md §9). The layout is not part of a checkpoint: the
+    weights load into either."""
+    model = MultitaskModel(num_speakers=num_speakers, width=width, emo_dim=emo_dim, spk_dim=spk_dim,
+                           pooling=pooling, num_emotions=num_emotions, dropout=dropout,
+                           in_channels=in_channels, aux_hidden=aux_hidden)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def unwrap(model: nn.Module) -> MultitaskModel:

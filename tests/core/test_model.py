@@ -80,6 +80,23 @@ def test_unwrap_and_flops():
     assert model.training
 
 
+def test_nhwc_weights_give_the_nchw_model_s_numbers_and_checkpoints_load_into_either():
+    nhwc, nchw = tiny_model(), tiny_model(channels_last=False)
+    conv = nhwc.audio_trunk.net[2][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nchw.audio_trunk.net[2][0].weight.is_contiguous()
+    nchw.load_state_dict(nhwc.state_dict())  # a checkpoint does not carry the layout
+    batch = make_batch(b=3, n=3)
+    for train in (True, False):
+        a, b = forward(nhwc.train(train), batch), forward(nchw.train(train), batch)
+        for name in ("emo_emb", "spk_emb", "emo_logits", "spk_logits"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-5)
+    a.emo_logits.sum().backward()
+    b.emo_logits.sum().backward()
+    torch.testing.assert_close(nhwc.audio_trunk.net[2][0].weight.grad, nchw.audio_trunk.net[2][0].weight.grad,
+                               rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("given", [None, "512"])
 def test_the_package_bounds_onednn_kernel_cache_unless_the_user_set_it(given: str | None) -> None:
     """Every process that runs the model imports the package, which caps oneDNN's per-shape kernel cache before

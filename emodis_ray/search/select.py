@@ -10,6 +10,7 @@ F1 minus the space's tolerance. Infeasible trials are reported to Optuna with a 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -88,7 +89,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     m = sum(v) / len(v)
     if len(v) < 2:
         return m, -math.inf, math.inf
-    sd = stats.tstd(v)
+    sd = statistics.stdev(v)  # exact arithmetic: seeds that agree to the last bits give 0, not a precision warning
     half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * sd / math.sqrt(len(v))
     return m, m - half, m + half
 

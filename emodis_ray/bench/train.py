@@ -112,8 +112,7 @@ def pure_loop(view: CacheView, cfg: Config, num_speakers: int, workdir: Path,
             print(f"  pure epoch {epoch + 1}/{cfg.train.epochs}: train {train_s[-1]:.2f} s, epoch {epoch_s[-1]:.2f} s, "
                   f"loss {logs['loss']:.4f}")
     return {"train_s": _median(train_s[1:]), "epoch_s": _median(epoch_s[1:]), "val_s": _median(val_s[1:]),
-            "clips_per_s": clips / _median(train_s[1:]), "loss": logs["loss"], "train_s_all": train_s,
-            "epoch_s_all": epoch_s}
+            "clips_per_s": clips / _median(train_s[1:]), "train_s_all": train_s, "epoch_s_all": epoch_s}
 
 
 def ray_loop(manifest: Path, out: Path, cfg: Config, progress: bool = True) -> dict[str, Any]:

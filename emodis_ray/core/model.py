@@ -257,8 +257,8 @@ def build_model(num_speakers: int, width: float, emo_dim: int, spk_dim: int, poo
 
     ``channels_last``: the trunks' convolution weights in the NHWC layout, so every convolution after the first
     runs on NHWC activations. oneDNN (CPU) and cuDNN (GPU) run NHWC convolutions without reordering each call;
-    on two CPU cores it made a validation pass 1.6x and a training step 1.35x faster, with the same numbers up
-    to float rounding (`emodis bench train`, docs/design.md §9). The layout is not part of a checkpoint: the
+    on one CPU thread it made the training pass 1.22x and the validation pass 1.56x faster, with the same numbers
+    up to float rounding (`emodis bench train`, docs/design.md §9). The layout is not part of a checkpoint: the
     weights load into either."""
     model = MultitaskModel(num_speakers=num_speakers, width=width, emo_dim=emo_dim, spk_dim=spk_dim,
                            pooling=pooling, num_emotions=num_emotions, dropout=dropout,

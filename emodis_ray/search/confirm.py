@@ -142,13 +142,18 @@ def stage2(manifest: Path, out: Path, candidates: Sequence[tuple[str, Config]], 
 def baseline_f1(run: Path, f1_epochs: int = 1) -> float:
     """A training run's validation emotion F1 (``metrics.json``): its last epoch's, or the mean of its last
     ``f1_epochs`` epochs."""
+    return run_f1(_run_metrics(run), f1_epochs)
+
+
+def _run_metrics(run: Path) -> list[dict[str, Any]]:
+    """A finished training run's per-epoch rows (``metrics.json``), each with ``val_emo_f1``."""
     f = run / "metrics.json"
     if not f.exists():
         raise FileNotFoundError(f"{run}: no metrics.json: is it a finished `emodis train` run?")
     rows = json.loads(f.read_text())
     if not rows or "val_emo_f1" not in rows[-1]:
         raise ValueError(f"{f}: no val_emo_f1 in its last epoch")
-    return run_f1(rows, f1_epochs)
+    return list(rows)
 
 
 def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: float | None,
@@ -160,9 +165,9 @@ def resolve_floors(space: Space, manifest: Path, out: Path, cfg: Config, floor: 
     the identity floor. The baseline is trained whenever a trunk or a reference is needed."""
     info: dict[str, Any] = {"source": "given"}
     if baseline is not None:
-        f1 = baseline_f1(baseline, space.f1_epochs)
-        rows = json.loads((Path(baseline) / "metrics.json").read_text())
-        info = {"source": f"baseline {baseline}", "val_emo_f1": f1, "runs": [str(Path(baseline).resolve())],
+        rows = _run_metrics(Path(baseline))
+        info = {"source": f"baseline {baseline}", "val_emo_f1": run_f1(rows, space.f1_epochs),
+                "runs": [str(Path(baseline).resolve())],
                 "val_spk_acc": smoothed_f1([r.get("val_spk_acc", float("nan")) for r in rows], space.f1_epochs)}
     elif seeds > 0:
         info = mtl_baseline(manifest, out, cfg, seeds_of(cfg, seeds)[:first], space.f1_epochs, probe_seed, say,

@@ -6,6 +6,11 @@ from __future__ import annotations  # noqa: I001  (the safe decord loader first)
 import emodis_ray.data._decord  # noqa: F401  (must come before any `import decord`)
 import pytest
 
+from emodis_ray.runtime.session import use_local_train_env
+
+# Every local cluster a test starts runs Ray Train as one the program starts would (runtime/session.py).
+use_local_train_env()
+
 
 @pytest.fixture(scope="module")
 def cluster() -> None:

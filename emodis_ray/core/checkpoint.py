@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from emodis_ray.config import Config
+from emodis_ray.core.errors import BadCheckpoint
 from emodis_ray.core.methods import Optimizers, Schedulers
 from emodis_ray.core.model import MultitaskModel, build_model, unwrap
 
@@ -33,11 +34,6 @@ CHECKPOINT_FILE = "checkpoint.pt"  # the file inside each Ray Train checkpoint f
 MODEL_FILE = "model.pt"  # the exported model in a run folder
 CHECKPOINT_KEYS = ("model", "optimizers", "schedulers", "epoch", "extra", "rng")
 MODEL_KEYS = ("model", "model_kwargs", "epoch")
-
-
-class BadCheckpoint(ValueError):
-    """A checkpoint or model file that is unreadable (truncated, not a torch file), lacks an entry or holds
-    non-finite weights. One line naming the file; a ``ValueError``, so the command line prints it as one."""
 
 
 def first_nonfinite(tensors: Mapping[str, Any]) -> str | None:

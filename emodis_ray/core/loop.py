@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emodis_ray.core.checkpoint import first_nonfinite
+from emodis_ray.core.errors import NonFiniteLoss
 from emodis_ray.core.methods import Method, Optimizers, Schedulers
 from emodis_ray.core.model import unwrap
 from emodis_ray.core.scores import accuracy, macro_f1
@@ -35,20 +36,6 @@ log = logging.getLogger(__name__)
 TENSOR_KEYS = ("audio", "faces", "mask", "emotion", "speaker")
 SUMS = ("loss", "l_prim", "l_aux", "l_adv", "lam")  # logged sums of the terms: named only when no term is bad
 T = TypeVar("T")
-
-
-class NonFiniteLoss(ValueError):
-    """Training produced a NaN or infinite loss (or weights). A NaN is deterministic: the run stops, with one
-    line naming the epoch and step (both counted from 1) and the loss term, never a retry or a NaN model.
-
-    A ``ValueError`` so that the command line reports it as one line (exit 2) like other bad input."""
-
-    def __init__(self, message: str, epoch: int = 0, step: int = 0, term: str = "") -> None:
-        super().__init__(message)
-        self.epoch, self.step, self.term = epoch, step, term
-
-    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Ray) with its fields
-        return type(self), (str(self), self.epoch, self.step, self.term)
 
 
 def check_finite_logs(logs: Mapping[str, float], batch: Mapping[str, Any], epoch: int, step: int) -> None:

@@ -5,7 +5,7 @@
 Calling :func:`fit` again on the same ``OUT`` resumes: Ray Train V2 finds its checkpoint snapshot under
 the same ``storage_path``/``name`` and ``ray.train.get_checkpoint()`` returns the latest checkpoint.
 
-Nothing silently wrong: a NaN loss raises :class:`~emodis_ray.core.loop.NonFiniteLoss` in the worker and the
+Nothing silently wrong: a NaN loss raises :class:`~emodis_ray.core.errors.NonFiniteLoss` in the worker and the
 driver re-raises it as is, without Ray Train's retries (a NaN is deterministic); a latest checkpoint that is
 unreadable or non-finite is skipped with a warning for the newest intact one (:func:`resume_fallback`); no
 ``model.pt`` is exported from non-finite weights.
@@ -32,13 +32,13 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.data import ExecutionOptions
 
 from emodis_ray.config import Config
-from emodis_ray.core.checkpoint import CHECKPOINT_FILE, MODEL_FILE, BadCheckpoint, export_model, read_state
-from emodis_ray.core.loop import NonFiniteLoss
+from emodis_ray.core.checkpoint import CHECKPOINT_FILE, MODEL_FILE, export_model, read_state
+from emodis_ray.core.errors import BadCheckpoint
 from emodis_ray.core.scores import prior_cross_entropy
 from emodis_ray.runtime.session import cluster_cpus, ray_session, train_worker_cpus
+from emodis_ray.train.controller import ReportLog, Sharding, StopOnFatal, fatal_cause
 from emodis_ray.train.run_dir import (
     BAD_CLIPS_FILE,
     CONFIG_FILE,
@@ -69,48 +69,7 @@ class TrainResult:
         return self.metrics[-1] if self.metrics else {}
 
 
-class _ReportLog(ray.train.UserCallback):
-    """Runs on the Train controller (on the driver's node): appends every report to ``reports.jsonl``."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        row = {**metrics[0], "wall_time": time.time()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-FATAL = (NonFiniteLoss, BadCheckpoint)  # deterministic: a retry would fail the same way
 CHECKPOINT_DIR = re.compile(r"epoch_(\d+)(-[\w.-]+)?")  # the worker's folder names (untagged runs)
-
-
-class _StopOnFatal(ray.train.UserCallback):
-    """Runs on the Train controller: a worker error that a retry cannot cure (:data:`FATAL`) is raised here,
-    before Ray Train's failure policy sees it. A callback's error ends the run at once (a ``ControllerError``
-    is not retried), so ``FailureConfig.max_failures`` is left to real failures (a dead worker or node)."""
-
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        for e in worker_exceptions.values():
-            if isinstance(e, FATAL):
-                raise e
-
-
-def fatal_cause(error: BaseException) -> BaseException | None:
-    """The :data:`FATAL` error a Ray Train failure wraps (a ``ControllerError`` raised by :class:`_StopOnFatal`,
-    a ``WorkerGroupError`` from a worker, any ``__cause__``), or None."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [error]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, FATAL):
-            return e
-        todo += [getattr(e, "controller_failure", None), *getattr(e, "worker_failures", {}).values(),
-                 getattr(e, "_base_exc", None), e.__cause__]
-    return None
 
 
 def resume_fallback(run_storage: Path) -> tuple[Path | None, list[str]]:
@@ -135,25 +94,6 @@ def resume_fallback(run_storage: Path) -> tuple[Path | None, list[str]]:
         raise BadCheckpoint(f"no intact checkpoint to resume from in {run_storage}: {'; '.join(warnings)}; "
                             f"delete {run_storage} to start the run over")
     return None, []
-
-
-class _Sharding(ray.train.DataConfig):
-    """``train``: equal shards; ``val``: every row exactly once. Order preserved (deterministic shards)."""
-
-    def __init__(self) -> None:
-        super().__init__(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False)
-
-    def configure(self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any,
-                  **kwargs: Any) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [{} for _ in range(world_size)]
-        for name, ds in datasets.items():
-            ds = ds.copy(ds)
-            ds.context.execution_options = ExecutionOptions(preserve_order=True)
-            ds.context.enable_progress_bars = False  # the driver prints one line per epoch instead
-            ds.context.print_on_execution_start = False
-            for i, split in enumerate(ds.streaming_split(world_size, equal=(name == "train"))):
-                out[i][name] = split
-        return out
 
 
 def worker_resources(cfg: Config, cpus: float, runs_at_once: int = 1) -> dict[str, float]:
@@ -305,10 +245,10 @@ def _fit(manifest: Path, out: Path, cfg: Config, progress: bool, max_decoders: i
             # the best epoch by the selection metric is kept (and the latest, always: Ray keeps it for resuming)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=select,
                                                          checkpoint_score_order=cfg.train.select_mode),
-            callbacks=[_ReportLog(str(reports)), _StopOnFatal(), *callbacks],
+            callbacks=[ReportLog(str(reports)), StopOnFatal(), *callbacks],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets={"train": train_ds, "val": val_ds},
-        dataset_config=_Sharding(),
+        dataset_config=Sharding(),
     )
 
     # 3. Run it; a thread follows the reports (progress lines, TensorBoard).

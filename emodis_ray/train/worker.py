@@ -28,13 +28,13 @@ import torch.distributed as dist
 from emodis_ray.config import Config, replace
 from emodis_ray.core.checkpoint import (
     CHECKPOINT_FILE,
-    BadCheckpoint,
     load_checkpoint,
     model_kwargs_of,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from emodis_ray.core.errors import BadCheckpoint
 from emodis_ray.core.loop import autocast_context, metrics, run_epoch, seed_everything
 from emodis_ray.core.methods import Optimizers, Schedulers, build_method, build_schedulers
 from emodis_ray.core.model import build_model

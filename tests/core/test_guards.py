@@ -13,14 +13,14 @@ import torch
 from helpers.model import make_batch, tiny_model
 
 from emodis_ray.core.checkpoint import (
-    BadCheckpoint,
     export_model,
     load_checkpoint,
     load_model,
     read_state,
     save_checkpoint,
 )
-from emodis_ray.core.loop import EpochResult, NonFiniteLoss, run_epoch, to_device
+from emodis_ray.core.errors import BadCheckpoint, NonFiniteLoss
+from emodis_ray.core.loop import EpochResult, run_epoch, to_device
 from emodis_ray.core.methods import build_method, build_schedulers
 
 torch.set_num_threads(1)

@@ -321,7 +321,7 @@ def test_the_cache_on_shared_storage_feeds_one_worker_per_node(cluster: LocalClu
     from emodis_ray.data.ingest import cache_rows, preprocess
     from emodis_ray.data.manifest import write_manifest
     from emodis_ray.data.sources import table_manifest
-    from emodis_ray.train.fit import _Sharding
+    from emodis_ray.train.controller import Sharding
 
     shared = cluster.dir / "shared"  # one path every node sees: the clips, the manifest and the cache
     shared.mkdir(exist_ok=True)
@@ -344,7 +344,7 @@ def test_the_cache_on_shared_storage_feeds_one_worker_per_node(cluster: LocalClu
             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1},
                                                    placement_strategy="STRICT_SPREAD"),
             run_config=ray.train.RunConfig(name="cache-two-nodes", storage_path=str(cluster.dir / "shared-runs")),
-            datasets={"train": cache_rows(view, "train", materialize=False)}, dataset_config=_Sharding())
+            datasets={"train": cache_rows(view, "train", materialize=False)}, dataset_config=Sharding())
         result = trainer.fit()
     with result.checkpoint.as_directory() as d:
         ranks = json.loads((Path(d) / "read.json").read_text())

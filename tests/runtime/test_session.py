@@ -1,11 +1,12 @@
-"""ray_session: a local cluster started by the program comes with the dashboard (and so the State API)."""
+"""ray_session: a local cluster started by the program comes with the dashboard (and so the State API) and with
+Ray Train settings for one machine."""
 
 from __future__ import annotations
 
 import pytest
 import ray
 
-from emodis_ray.runtime.session import ray_session
+from emodis_ray.runtime.session import LOCAL_TRAIN_ENV, ray_session
 
 
 @pytest.mark.ray
@@ -24,10 +25,24 @@ def test_local_session_serves_the_dashboard_and_state_api(capsys: pytest.Capture
     assert not ray.is_initialized()  # started here, so shut down here
 
     monkeypatch.setenv("EMODIS_DASHBOARD", "0")
+    # The local cluster's processes (Ray Train's controller among them) get LOCAL_TRAIN_ENV; a user's value is kept.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "")  # restored after the test
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
     with ray_session(num_cpus=1):
         with pytest.raises(RayStateApiException):
             list_nodes(timeout=10)
         assert "dashboard" not in capsys.readouterr().err
+        env = ray.get(_train_env.remote(), timeout=60)
+    assert env == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    assert set(env) == set(LOCAL_TRAIN_ENV)
+
+
+@ray.remote(num_cpus=0)
+def _train_env() -> dict[str, str | None]:
+    import os
+
+    return {k: os.environ.get(k) for k in LOCAL_TRAIN_ENV}
 
 
 @pytest.mark.ray

@@ -19,11 +19,12 @@ import torch
 from helpers.model import tiny_model
 
 from emodis_ray.config import Config, load_config, replace
-from emodis_ray.core.checkpoint import CHECKPOINT_FILE, BadCheckpoint, save_checkpoint
-from emodis_ray.core.loop import NonFiniteLoss
+from emodis_ray.core.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from emodis_ray.core.errors import BadCheckpoint, NonFiniteLoss
 from emodis_ray.core.methods import build_method, build_schedulers
 from emodis_ray.data.ingest import TooManyBadClips, check_bad_fraction, write_bad_clips
-from emodis_ray.train.fit import export_best, fatal_cause, resume_fallback
+from emodis_ray.train.controller import fatal_cause
+from emodis_ray.train.fit import export_best, resume_fallback
 from emodis_ray.train.worker import resume_state
 
 torch.set_num_threads(1)

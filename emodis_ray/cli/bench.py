@@ -159,7 +159,7 @@ def add_bench_startup(bsub: argparse._SubParsersAction) -> None:
                     "on a local cluster with the settings ray_session gives one it starts (LOCAL_TRAIN_ENV: the "
                     "Train controller polling every 0.5 s, no preemption watcher) and REPS times with Ray Train's "
                     "defaults (2 s, a watcher), alternating, each run on a fresh cluster. Prints each run's fit "
-                    "seconds, the means, and their difference with a 95 % Welch interval. About 6 minutes on two "
+                    "seconds, the means, and their difference with a 95 % Welch interval. About 5 minutes on two "
                     "CPUs at the defaults.",
         epilog="example: emodis bench startup --reps 3 --json startup.json")
     b.add_argument("--reps", type=int, default=3, help="runs per setting (default: 3)")
